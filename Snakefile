@@ -5,12 +5,14 @@
 #
 # The parameter file (FORCE's LEVEL2 format) holds every processing option; its FILE_QUEUE
 # names the queue. Every QUEUED line of the queue is one `level2` job (see rules/common.smk).
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")
@@ -18,6 +20,10 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/level2.smk"
+
+
+localrules:
+    all,
 
 
 rule all:

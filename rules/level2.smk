@@ -8,7 +8,7 @@ rule level2:
     output:
         record=f"{LOGDIR}/records/{{image}}/run-{{run}}.json",
     log:
-        f"{LOGDIR}/{{image}}.log",
+        f"{LOGDIR}/records/{{image}}/run-{{run}}.log",
     params:
         image=image_path,
         parameter_file=config["parameter_file"],

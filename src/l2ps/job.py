@@ -60,26 +60,31 @@ def mem_mb_for(path: Path, table: dict | None = None) -> int:
 
 # ------------------------------------------------------------------------ logging
 class JobLog:
-    """The per-image log (FORCE-like frame; spec 03 §3.6), appended to."""
+    """The per-image log (FORCE-like frame; spec 03 §3.6), appended to; written to every
+    path given (the run's own log and ``DIR_LOG/<image>.log``), or to stderr."""
 
-    def __init__(self, path: str | os.PathLike | None):
-        self.path = Path(path) if path else None
-        self._fh = None
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+    def __init__(self, *paths: str | os.PathLike | None):
+        self._fhs = []
+        for p in paths:
+            if p:
+                Path(p).parent.mkdir(parents=True, exist_ok=True)
+                self._fhs.append(open(p, "a", encoding="utf-8"))
+
+    def add(self, path: str | os.PathLike) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._fhs.append(open(path, "a", encoding="utf-8"))
 
     def write(self, text: str = "") -> None:
-        if self._fh:
-            self._fh.write(text + "\n")
-            self._fh.flush()
-        else:
+        if not self._fhs:
             print(text, file=sys.stderr)
+        for fh in self._fhs:
+            fh.write(text + "\n")
+            fh.flush()
 
     def close(self) -> None:
-        if self._fh:
-            self._fh.close()
-            self._fh = None
+        for fh in self._fhs:
+            fh.close()
+        self._fhs = []
 
 
 def _now() -> str:
@@ -117,8 +122,15 @@ def run_job(image: str | os.PathLike, parameter_file: str | os.PathLike, *,
     from .queue import set_status
 
     image = Path(os.path.normpath(Path(image).absolute()))
-    image_id = image.name
-    out = JobLog(log)
+    image_id = Path(record).parent.name if record else image.name
+    params, perr = None, None
+    try:
+        params = read_parameters(parameter_file)
+        if nthreads:
+            params = params.replace(nthread=int(nthreads))
+    except L2psError as exc:
+        perr = exc
+    out = JobLog(log, Path(params.dir_log) / f"{image_id}.log" if params is not None else None)
     t0 = time.time()
     out.write("l2ps Level 2 Processing System " + __version__)
     out.write("-" * 59)
@@ -127,12 +139,10 @@ def run_job(image: str | os.PathLike, parameter_file: str | os.PathLike, *,
     rec: dict = {"image": str(image), "image_id": image_id, "version": __version__,
                  "parameter_file": str(parameter_file), "start": _now(),
                  "host": os.uname().nodename, "pid": os.getpid()}
-    params = None
     status, code = "FAIL", 0
     try:
-        params = read_parameters(parameter_file)
-        if nthreads:
-            params = params.replace(nthread=int(nthreads))
+        if perr is not None:
+            raise perr
         _set_threads(params.nthread)
         from .pipeline import process_image
         result = process_image(image, params, log=out.write)

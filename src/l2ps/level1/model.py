@@ -51,6 +51,8 @@ class ViewGrid:
     cell: float = 5000.0
     sun_zenith: np.ndarray | None = None
     sun_azimuth: np.ndarray | None = None
+    origin: tuple[float, float] | None = None   # map (x, y) of cell (0, 0)'s UL corner;
+    #                                             None = the Level1 grid's UL corner
 
 
 @dataclass(frozen=True)

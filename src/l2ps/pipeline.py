@@ -1,0 +1,244 @@
+"""The whole chain for one Level-1 image, in memory (DESIGN.md; spec 03 §1).
+
+This is the only module that knows the order of the stages:
+
+  open (extract) → metadata, tier → read DN → initial QAI (nodata, saturation, noise)
+  → sun/view geometry → DN→TOA/BT → [topography] → [clouds, shadows, snow, water]
+  → [co-registration] → [resolution merge] → [atmospheric correction] → AOI
+  → products (BOA/TOA, QAI, HOT, VZN, ...) → cube (warp, tile, merge-on-write)
+
+Stages in brackets are added by later work; each stage is a function from arrays to
+arrays. ``process_image`` returns the job record fields (status details, covers, tiles and
+files written, timings and peak memory per stage).
+"""
+from __future__ import annotations
+
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import qai as Q
+from .grid import Grid
+from .level1.model import Level1
+from .params import Parameters, format_force_param
+from .products import RESAMPLING_NAMES, Product
+
+TOA_NODATA = -9999
+
+
+class StageTimer:
+    """Wall time, CPU time and peak RSS per stage (for the record and the benchmarks)."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            st = self.stages.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0})
+            st["seconds"] = round(st["seconds"] + time.perf_counter() - t0, 3)
+            st["cpu_seconds"] = round(st["cpu_seconds"] + time.process_time() - c0, 3)
+            st["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _pct(mask_count: int, total: int) -> float:
+    return 100.0 * mask_count / total if total else 0.0
+
+
+def process_image(source: Path, params: Parameters, *, log: Callable[[str], None] = print) -> dict:
+    """Run the chain on one Level-1 image (archive or folder) and write its products.
+
+    Raises an ``L2psError`` for bad input (the caller marks the queue line FAIL).
+    """
+    from .level1 import check_tier, open_level1
+
+    timer = StageTimer()
+    t_start = time.perf_counter()
+    source = Path(source)
+    record: dict = {}
+    fragments: list[str] = []
+    with timer("extract+metadata"):
+        cm = open_level1(source, tempdir=params.dir_temp)
+        level1 = cm.__enter__()
+    try:
+        check_tier(level1, params.tier)
+        record.update(_level1_summary(level1))
+        result = _process_level1(level1, params, timer, fragments)
+        record.update(result)
+    finally:
+        with timer("cleanup"):
+            cm.__exit__(None, None, None)
+    elapsed = time.perf_counter() - t_start
+    mins, secs = divmod(elapsed, 60)
+    fragments.append(f"Success! Processing time: {int(mins):02d} mins {secs:02.0f} secs")
+    record["log_line"] = " ".join(fragments)
+    record["stages"] = timer.stages
+    log(record["log_line"])
+    return record
+
+
+def _level1_summary(level1: Level1) -> dict:
+    return {"product_id": level1.product_id, "sensor": level1.sensor,
+            "date": level1.acquired.strftime("%Y-%m-%d"),
+            "acquired": level1.acquired.isoformat(), "tier": level1.tier,
+            "refsys": f"{level1.refsys_type} {level1.refsys_id}",
+            "metadata_cloud_cover": level1.cloud_cover,
+            "grid": {"nx": level1.grid.nx, "ny": level1.grid.ny, "dx": level1.grid.dx,
+                     "dy": level1.grid.dy}}
+
+
+def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
+                    fragments: list[str]) -> dict:
+    from .geometry import compute_geometry
+    from .level1 import read_bands
+    from .toa import initial_qai, toa_reflectance
+
+    spec = level1.spec
+    grid = level1.grid
+    nthreads = max(1, int(params.nthread))
+    with timer("read"):
+        dn = read_bands(level1, workers=min(nthreads, len(level1.bands)) if params.parallel_reads
+                        else 1, num_threads=1 if params.parallel_reads else nthreads)
+    with timer("qai"):
+        qai = initial_qai(level1, dn, grid, params.buffer_nodata, params.impulse_noise)
+    with timer("geometry"):
+        geometry = compute_geometry(level1, qai)
+    with timer("toa"):
+        toa: dict[str, np.ndarray] = {}
+        for domain in list(dn):
+            band = level1.bands[domain]
+            cos_sun = geometry.cos_sun_zenith(band.grid) if spec.mission == "landsat" else None
+            toa[domain] = toa_reflectance(dn.pop(domain), band, cos_sun, spec)
+        _landsat_nonpositive_nodata(level1, toa, qai)
+        _sentinel2_clip_flags(level1, toa, qai)
+    npix = int(np.count_nonzero(Q.is_valid(qai)))
+    dc = _pct(npix, qai.size)
+    fragments.append(f"dc: {dc:6.2f}%.")
+    wc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.WATER) & Q.is_valid(qai))), npix)
+    sc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.SNOW) & Q.is_valid(qai))), npix)
+    fragments.append(f"wc: {wc:6.2f}%. sc: {sc:6.2f}%.")
+    if npix == 0:
+        from .errors import ProcessingError
+        raise ProcessingError(f"{level1.source}: no valid pixel in the image")
+    cc = _pct(int(np.count_nonzero(Q.cloud_or_shadow(qai))), npix)
+    fragments.append(f"cc: {cc:6.2f}%.")
+    record = {"data_cover": round(dc, 2), "water_cover": round(wc, 2),
+              "snow_cover": round(sc, 2), "cloud_cover": round(cc, 2)}
+    if cc > params.max_cloud_cover_frame:
+        fragments.append("Skip.")
+        record.update({"skipped": True, "reason": f"too cloudy: {cc:.2f} % > "
+                       f"MAX_CLOUD_COVER_FRAME {params.max_cloud_cover_frame:g}",
+                       "tiles": [], "files": []})
+        return record
+    if params.file_aoi is not None:
+        with timer("aoi"):
+            from .cube import rasterize_aoi
+            inside = rasterize_aoi(params.file_aoi, grid)
+            Q.set_flag(qai, Q.NODATA, ~inside)
+    with timer("products"):
+        products = assemble_products(level1, params, toa, qai, geometry)
+    del toa
+    with timer("cube"):
+        from .cube import write_cube
+        result = write_cube(products, level1=level1, params=params,
+                            force_param=format_force_param(params))
+    fragments.append(f"{result.ntiles:2d} product(s) written.")
+    record.update({"tiles": result.tiles, "files": [str(f) for f in result.files],
+                   "tiles_skipped_cloudy": getattr(result, "skipped_cloudy", [])})
+    return record
+
+
+def _landsat_nonpositive_nodata(level1: Level1, toa: dict, qai: np.ndarray) -> None:
+    """Spec 01 §2: Landsat reflective TOA ≤ 0 in a non-cirrus band makes the pixel nodata.
+    (toa_reflectance stores −9999 there; the QAI follows here.)"""
+    if level1.mission != "landsat":
+        return
+    for domain, arr in toa.items():
+        band = level1.bands[domain]
+        if band.thermal or domain == "CIRRUS" or arr.shape != qai.shape:
+            continue
+        Q.set_flag(qai, Q.NODATA, arr == TOA_NODATA)
+
+
+def _sentinel2_clip_flags(level1: Level1, toa: dict, qai: np.ndarray) -> None:
+    """Values clipped at 32767 by toa_reflectance are flagged saturated (a deliberate fix of
+    FORCE's int16 wrap-around, spec 01 §2)."""
+    if level1.mission != "sentinel2":
+        return
+    for domain, arr in toa.items():
+        sat = arr == np.iinfo(np.int16).max
+        if not sat.any():
+            continue
+        if arr.shape == qai.shape:
+            Q.set_flag(qai, Q.SATURATION, sat)
+        else:
+            Q.set_flag(qai, Q.SATURATION, _upsample_mask(sat, level1.bands[domain].grid, level1.grid))
+
+
+def _upsample_mask(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    """Nearest-neighbour mapping of a boolean mask from a coarser grid (same CRS)."""
+    rows = np.floor((src.y0 - (dst.y0 - (np.arange(dst.ny) + 0.5) * dst.dy)) / src.dy).astype(np.int64)
+    cols = np.floor(((dst.x0 + (np.arange(dst.nx) + 0.5) * dst.dx) - src.x0) / src.dx).astype(np.int64)
+    rows = np.clip(rows, 0, src.ny - 1)
+    cols = np.clip(cols, 0, src.nx - 1)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def assemble_products(level1: Level1, params: Parameters, toa: dict, qai: np.ndarray,
+                      geometry) -> list[Product]:
+    """Products in FORCE's order (spec 03 §1): QAI first, then BOA/TOA, DST, VZN, HOT,
+    AOD, WVP (OVV is made by the cube writer from the merged BOA and QAI)."""
+    spec = level1.spec
+    grid = level1.grid
+    resampling = RESAMPLING_NAMES[params.resampling]
+    nodata = Q.is_nodata(qai)
+    out: list[Product] = [Product("QAI", [qai], [grid], ("QAI",), Q.QAI_NODATA, 1.0,
+                                  resampling="nearest",
+                                  description="Quality assurance information")]
+    names = spec.output_domains
+    bands, grids = [], []
+    for d in names:
+        arr = toa[d]
+        g = level1.bands[d].grid
+        m = nodata if arr.shape == qai.shape else _downsample_nodata(nodata, grid, g)
+        arr[m] = TOA_NODATA
+        bands.append(arr)
+        grids.append(g)
+    from .bandinfo import wavelength
+    product_name = "BOA" if params.do_atmo else "TOA"
+    out.append(Product(product_name, bands, grids, names, TOA_NODATA, 10000.0,
+                       resampling=resampling,
+                       wavelengths=tuple(wavelength(spec.sensor, d) for d in names),
+                       description="Bottom-of-atmosphere reflectance" if params.do_atmo
+                       else "Top-of-atmosphere reflectance"))
+    if params.output_vzn:
+        vzn = geometry.view_zenith_at(grid)
+        v = np.where(nodata, TOA_NODATA, np.trunc(vzn * 100)).astype(np.int16)
+        out.append(Product("VZN", [v], [grid], ("VZN",), TOA_NODATA, 100.0,
+                           resampling=resampling, description="View zenith"))
+    if params.output_hot:
+        blue, red = toa["BLUE"], toa["RED"]
+        if blue.shape == qai.shape and red.shape == qai.shape:
+            # spec 02 §8.5: blue − 0.5·red − 800 on the ×10000 TOA, truncated toward zero
+            hot = np.trunc(blue.astype(np.float32) - np.float32(0.5) * red - np.float32(800))
+            hot = np.where(nodata | (blue == TOA_NODATA) | (red == TOA_NODATA), TOA_NODATA,
+                           np.clip(hot, -32768, 32767)).astype(np.int16)
+            out.append(Product("HOT", [hot], [grid], ("HOT",), TOA_NODATA, 10000.0,
+                               resampling=resampling, description="Haze optimized transform"))
+    return out
+
+
+def _downsample_nodata(nodata: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
+    """A coarse pixel is nodata when its centre's fine pixel is nodata."""
+    rows = np.floor((fine.y0 - (coarse.y0 - (np.arange(coarse.ny) + 0.5) * coarse.dy)) / fine.dy).astype(np.int64)
+    cols = np.floor(((coarse.x0 + (np.arange(coarse.nx) + 0.5) * coarse.dx) - fine.x0) / fine.dx).astype(np.int64)
+    rows = np.clip(rows, 0, fine.ny - 1)
+    cols = np.clip(cols, 0, fine.nx - 1)
+    return nodata[rows[:, None], cols[None, :]]
