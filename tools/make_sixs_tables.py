@@ -117,13 +117,24 @@ def run_scat(args):
             o.int_solar_spectrum, o.int_funct_filt)
 
 
-def water_fraction(elev: float) -> tuple[float, float]:
-    """Fractions of the sea-level H2O and O3 columns above a target at ``elev`` km (US62 shape)."""
-    o = _sixs("LANDSAT_OLI_B5", 0.0, 0.0, 0.0, None, elev, wv_sea=1.0, ozone=0.3)
+def _target_gas(elev: float) -> tuple[float, float]:
+    o = _sixs("LANDSAT_OLI_B5", 0.0, 0.0, 0.0, None, max(elev, 0.001))   # US62 profile
     m = re.search(r"uh2o=\s*([0-9.]+)\s*g/cm2\s+uo3=\s*([0-9.]+)", o.fulltext)
     if m is None:
         raise RuntimeError("cannot find the gas content at target level in the 6S output")
-    return float(m.group(1)) / 1.0, float(m.group(2)) / 0.3
+    return float(m.group(1)), float(m.group(2))
+
+
+def water_fraction(elev: float) -> tuple[float, float]:
+    """Fractions of the sea-level H2O and O3 columns above a target at ``elev`` km.
+
+    6S scales the US62 profile to the user's (sea-level) column and cuts it at the target
+    altitude (the "gaseous content at target level" line of a user-gas run wrongly repeats the
+    input; the US62 run prints the real value).  Measured with the US62 profile.
+    """
+    w0, o0 = _target_gas(0.0)
+    w, o = _target_gas(elev)
+    return w / w0, o / o0
 
 
 def run_gas(args):
@@ -189,24 +200,45 @@ def build_band(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarr
     first = res[0]
     out["e0"] = np.array(first[6] / first[7])          # W m-2 um-1, RSR-weighted (6S solar spectrum)
 
-    # gas transmittance on (airmass, wv, elev)
-    am, wv = np.asarray(g["airmass"], float), np.asarray(g["wv"], float)
-    t_gas = [(band, float(x), float(w), float(z), wfrac[float(z)], g["ozone"])
-             for x in am for w in wv for z in elev]
-    gres = np.asarray(_map(run_gas, t_gas, jobs)).reshape(len(am), len(wv), len(elev), 2)
-    out["tg"] = gres[..., 0]
-    out["tg_h2o"] = gres[..., 1]
     return out
 
 
-def generate(g: dict, sensors: list[str], jobs: int, out_path: Path) -> None:
+def build_gas(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarray]:
+    """Gas transmittances on (airmass, wv above target, elev) from aerosol-free 6S runs.
+
+    tg      all gases, sun -> surface -> sensor (attenuates the surface term)
+    tg_h2o  water vapour alone
+    tg_ray  all gases but H2O (attenuates the Rayleigh part of the path reflectance)
+    tg_aer  all gases with half the H2O column (attenuates the aerosol part of the path)
+    The path split reproduces 6S's default coupling ("water vapour mixed with aerosol").
+    """
+    am, wv, elev = (np.asarray(g[k], float) for k in ("airmass", "wv", "elev"))
+    t_full = [(band, float(x), float(w), float(z), wfrac[float(z)], g["ozone"])
+              for x in am for w in wv for z in elev]
+    t_half = [(band, float(x), 0.5 * float(w), float(z), wfrac[float(z)], g["ozone"])
+              for x in am for w in wv for z in elev]
+    t_dry = [(band, float(x), 0.0, float(z), wfrac[float(z)], g["ozone"]) for x in am for z in elev]
+    res = np.asarray(_map(run_gas, t_full + t_half + t_dry, jobs))
+    n = len(t_full)
+    full = res[:n].reshape(len(am), len(wv), len(elev), 2)
+    half = res[n:2 * n].reshape(len(am), len(wv), len(elev), 2)
+    dry = res[2 * n:].reshape(len(am), 1, len(elev), 2)
+    return {"tg": full[..., 0], "tg_h2o": full[..., 1], "tg_aer": half[..., 0],
+            "tg_ray": np.broadcast_to(dry[..., 0], full[..., 0].shape).copy()}
+
+
+def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: bool = False) -> None:
     t0 = time.time()
     wfrac = {float(z): water_fraction(float(z))[0] for z in g["elev"]}
     arrays: dict[str, np.ndarray] = {}
+    if only_gas:     # recompute the (cheap) gas part of an existing file
+        with np.load(out_path) as z:
+            arrays = {k: z[k] for k in z.files if k != "meta"}
     for ts in sensors:
         for domain, band in TABLE_SENSORS[ts]:
             tb = time.time()
-            res = build_band(band, g, jobs, wfrac)
+            res = {} if only_gas else build_band(band, g, jobs, wfrac)
+            res.update(build_gas(band, g, jobs, wfrac))
             for k, v in res.items():
                 arrays[f"{ts}.{domain}.{k}"] = np.asarray(v, np.float32)
             print(f"{ts:5s} {domain:10s} {band:16s} {time.time() - tb:7.1f} s", flush=True)
@@ -223,7 +255,8 @@ def generate(g: dict, sensors: list[str], jobs: int, out_path: Path) -> None:
         "base_elev_km": g["base_elev"],
         "sensors": {ts: [d for d, _ in TABLE_SENSORS[ts]] for ts in sensors},
         "py6s_bands": {ts: dict(TABLE_SENSORS[ts]) for ts in sensors},
-        "terms": list(TERMS) + ["tg", "tg_h2o", "e0"],
+        "terms": list(TERMS) + ["tg", "tg_h2o", "tg_ray", "tg_aer", "e0"],
+        "path_gas_coupling": "rho_TOA = tg_ray*path(aod=0) + tg_aer*(path - path(aod=0)) + tg*surface term",
         "generator": "tools/make_sixs_tables.py",
         "grid": {k: v for k, v in g.items()},
     }
@@ -280,6 +313,64 @@ def verify(table_path: Path, n: int, jobs: int, seed: int = 1) -> None:
     print(f"max |diff| {d.max():.5f}, mean |diff| {d.mean():.5f}, n = {len(d)}")
 
 
+COMPOSITION_CASES = [
+    # (table sensor, domain, sza, vza, raa, aod, wv, elev)
+    ("OLI", "BLUE", 30.0, 5.0, 60.0, 0.2, 1.5, 0.2),
+    ("OLI", "RED", 55.0, 10.0, 150.0, 0.6, 3.0, 1.0),
+    ("OLI", "SWIR2", 40.0, 0.0, 0.0, 0.3, 4.0, 0.0),
+    ("OLI", "CIRRUS", 40.0, 0.0, 0.0, 0.3, 2.0, 0.5),
+    ("MSIA", "ULTRABLUE", 65.0, 8.0, 30.0, 0.8, 2.0, 0.0),
+    ("MSIA", "REDEDGE3", 35.0, 3.0, 100.0, 0.2, 2.0, 0.5),
+    ("MSIA", "VAPOR", 35.0, 3.0, 100.0, 0.2, 0.5, 0.5),
+    ("MSIA", "VAPOR", 35.0, 3.0, 100.0, 0.2, 4.0, 0.5),
+    ("MSIB", "SWIR1", 50.0, 12.0, 90.0, 0.1, 2.5, 2.0),
+    ("TM", "NIR", 45.0, 5.0, 20.0, 0.4, 3.0, 0.0),
+]
+
+
+def _composition_case(args):
+    ts, domain, sza, vza, raa, aod, wv, elev, rho, rho_env, wfrac = args
+    band = dict(TABLE_SENSORS[ts])[domain]
+    o = _sixs(band, sza, vza, raa, aod, elev, wv_sea=wv / wfrac, ozone=0.3, rho=rho,
+              rho_env=None if rho_env == rho else rho_env, env_radius=0.001)
+    # the gas terms of the path as the tables hold them (aerosol-free runs)
+    g1 = _sixs(band, sza, vza, raa, None, elev, wv_sea=wv / wfrac, ozone=0.3)
+    g2 = _sixs(band, sza, vza, raa, None, elev, wv_sea=0.5 * wv / wfrac, ozone=0.3)
+    mu_v = math.cos(math.radians(vza))
+    tg = o.transmittance_global_gas.total
+    tg_ray = tg / o.transmittance_water.total if o.transmittance_water.total > 0 else 0.0
+    tg_aer = g2.transmittance_global_gas.total
+    tdn, tup = o.transmittance_total_scattering.downward, o.transmittance_total_scattering.upward
+    t_dir = math.exp(-o.optical_depth_total.total / mu_v)
+    s_alb = o.spherical_albedo.total
+    surf = tdn * (t_dir * rho + (tup - t_dir) * rho_env) / (1 - s_alb * rho_env)
+    path_ray = g1.reflectance_I.total
+    simple = tg * (o.reflectance_I.total + surf)
+    coupled = tg_ray * path_ray + tg_aer * (o.reflectance_I.total - path_ray) + tg * surf
+    return o.apparent_reflectance, simple, coupled
+
+
+def composition(jobs: int) -> None:
+    """Check the TOA formula on 6S's own terms against 6S's apparent reflectance.
+
+    "simple": tg * [path + surface term]; "coupled": the Rayleigh part of the path attenuated by
+    the gases without H2O, the aerosol part by all gases with half the H2O column, the surface
+    term by tg (6S's "water vapour mixed with aerosol" coupling, as the tables are used).
+    """
+    print("sensor domain      sza  vza   raa  aod  wv  elev  rho   env    6S_TOA  simple   diff   coupled   diff")
+    worst = [0.0, 0.0]
+    fr = [water_fraction(z)[0] for z in (0.0, 1.5, 3.0)]
+    for c in COMPOSITION_CASES:
+        wfrac = float(np.interp(c[7], [0.0, 1.5, 3.0], fr))
+        for rho, env in ((0.05, 0.05), (0.3, 0.3), (0.05, 0.3)):
+            r = _composition_case(c + (rho, env, wfrac))
+            worst = [max(worst[0], abs(r[1] - r[0])), max(worst[1], abs(r[2] - r[0]))]
+            print(f"{c[0]:5s} {c[1]:10s} {c[2]:4.0f} {c[3]:4.0f} {c[4]:5.0f} {c[5]:4.2f} {c[6]:3.1f} "
+                  f"{c[7]:4.1f} {rho:4.2f} {env:5.2f} {r[0]:8.5f} {r[1]:8.5f} {r[1] - r[0]:+8.5f} "
+                  f"{r[2]:8.5f} {r[2] - r[0]:+8.5f}")
+    print(f"max |simple - 6S| = {worst[0]:.5f}, max |coupled - 6S| = {worst[1]:.5f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT)
@@ -288,12 +379,18 @@ def main(argv=None) -> int:
     p.add_argument("--sensors", nargs="*", default=list(TABLE_SENSORS), choices=list(TABLE_SENSORS))
     p.add_argument("--verify", type=int, metavar="N", default=0,
                    help="instead of generating: compare N random cases of --output with direct 6S")
+    p.add_argument("--only-gas", action="store_true",
+                   help="recompute only the gas tables of an existing --output file")
+    p.add_argument("--composition", action="store_true",
+                   help="instead of generating: check the TOA formula against 6S (a few runs)")
     a = p.parse_args(argv)
     t0 = time.time()
-    if a.verify:
+    if a.composition:
+        composition(a.jobs)
+    elif a.verify:
         verify(a.output, a.verify, a.jobs)
     else:
-        generate(QUICK_GRID if a.quick else FULL_GRID, a.sensors, a.jobs, a.output)
+        generate(QUICK_GRID if a.quick else FULL_GRID, a.sensors, a.jobs, a.output, a.only_gas)
     print(f"total {time.time() - t0:.1f} s")
     return 0
 

@@ -114,110 +114,102 @@ def sun_position(lon, lat, when: datetime) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- interpolation
+def _axis_weights(pos: np.ndarray, ncell: int):
+    """For pixel-centre positions ``pos`` along one axis (in cells from the coarse grid's
+    UL edge): own cell index, lower bilinear neighbour (cell centres at k + 0.5) and the
+    weight of the upper neighbour."""
+    own = np.clip(np.floor(pos), 0, ncell - 1).astype(np.int64)
+    u = pos - 0.5
+    lo = np.floor(u)
+    return own, lo.astype(np.int64), (u - lo).astype(np.float64)
+
+
 @njit(cache=True, parallel=True)
-def _interp_kernel(values, gx0, gy0, gdx, gdy, x0, y0, dx, dy, row0, mode, out):
-    """Bilinear interpolation of cell-centre values at pixel centres; NaN cells are skipped,
-    a pixel whose own cell is NaN gets NaN. Indices outside the coarse grid are clamped
-    (constant extrapolation beyond the outermost centres)."""
+def _interp_kernel(values, values2, own_i, i0, wv, own_j, j0, wu, angular, out):
+    """Bilinear interpolation between cell centres; NaN cells are skipped, a pixel whose
+    own cell is NaN gets NaN; neighbour indices are clamped (constant extrapolation beyond
+    the outermost centres). ``angular``: ``values``/``values2`` are sin/cos of an angle and
+    the result is atan2 in degrees [0, 360)."""
     ncy, ncx = values.shape
     nr, nc = out.shape
     for r in prange(nr):
-        y = y0 - (row0 + r + 0.5) * dy
-        fy = (gy0 - y) / gdy
-        own_i = int(math.floor(fy))
-        own_i = min(max(own_i, 0), ncy - 1)
-        v = fy - 0.5
-        i0 = int(math.floor(v))
-        wv = v - i0
+        oi = own_i[r]
+        wi1 = wv[r]
+        ia = min(max(i0[r], 0), ncy - 1)
+        ib = min(max(i0[r] + 1, 0), ncy - 1)
         for c in range(nc):
-            x = x0 + (c + 0.5) * dx
-            fx = (x - gx0) / gdx
-            own_j = int(math.floor(fx))
-            own_j = min(max(own_j, 0), ncx - 1)
-            if math.isnan(values[own_i, own_j]):
+            oj = own_j[c]
+            if math.isnan(values[oi, oj]):
                 out[r, c] = np.nan
                 continue
-            u = fx - 0.5
-            j0 = int(math.floor(u))
-            wu = u - j0
+            wj1 = wu[c]
+            ja = min(max(j0[c], 0), ncx - 1)
+            jb = min(max(j0[c] + 1, 0), ncx - 1)
             acc = 0.0
-            acc_s = 0.0
-            acc_c = 0.0
+            acc2 = 0.0
             wsum = 0.0
-            for di in range(2):
-                ii = min(max(i0 + di, 0), ncy - 1)
-                wi = wv if di == 1 else 1.0 - wv
-                for dj in range(2):
-                    jj = min(max(j0 + dj, 0), ncx - 1)
-                    wj = wu if dj == 1 else 1.0 - wu
-                    val = values[ii, jj]
-                    w = wi * wj
-                    if math.isnan(val) or w <= 0.0:
-                        continue
-                    if mode == 1:
-                        a = math.radians(val)
-                        acc_s += w * math.sin(a)
-                        acc_c += w * math.cos(a)
-                    else:
-                        acc += w * val
-                    wsum += w
-            if wsum <= 0.0:
-                res = values[own_i, own_j]
-                if mode == 2:
-                    res = math.cos(math.radians(res))
-            elif mode == 1:
-                res = math.degrees(math.atan2(acc_s, acc_c))
+            for k in range(4):
+                ii = ia if k < 2 else ib
+                jj = ja if (k % 2) == 0 else jb
+                w = ((1.0 - wi1) if k < 2 else wi1) * ((1.0 - wj1) if (k % 2) == 0 else wj1)
+                val = values[ii, jj]
+                if w <= 0.0 or math.isnan(val):
+                    continue
+                acc += w * val
+                if angular:
+                    acc2 += w * values2[ii, jj]
+                wsum += w
+            if angular:
+                res = math.degrees(math.atan2(acc, acc2))
                 if res < 0.0:
                     res += 360.0
-            elif mode == 2:
-                res = math.cos(math.radians(acc / wsum))
+                out[r, c] = res
             else:
-                res = acc / wsum
-            out[r, c] = res
+                out[r, c] = acc / wsum if wsum > 0.0 else values[oi, oj]
 
 
 @njit(cache=True, parallel=True)
-def _flag_kernel(qai, sun_z, view_z, gx0, gy0, gdx, gdy, x0, y0, dx, dy, view_nodata,
-                 threshold):
+def _flag_kernel(qai, sun_z, view_z, own_i, i0, wv, own_j, j0, wu, view_nodata, threshold):
     """In place: nodata where the pixel's view cell is NaN (if view_nodata), then the
     high-sun bit where the interpolated sun zenith > threshold for valid pixels."""
     ncy, ncx = sun_z.shape
     nr, nc = qai.shape
     for r in prange(nr):
-        y = y0 - (r + 0.5) * dy
-        fy = (gy0 - y) / gdy
-        own_i = min(max(int(math.floor(fy)), 0), ncy - 1)
-        v = fy - 0.5
-        i0 = int(math.floor(v))
-        wv = v - i0
+        oi = own_i[r]
+        wi1 = wv[r]
+        ia = min(max(i0[r], 0), ncy - 1)
+        ib = min(max(i0[r] + 1, 0), ncy - 1)
         for c in range(nc):
             q = qai[r, c]
-            x = x0 + (c + 0.5) * dx
-            fx = (x - gx0) / gdx
-            own_j = min(max(int(math.floor(fx)), 0), ncx - 1)
-            if view_nodata and math.isnan(view_z[own_i, own_j]):
+            oj = own_j[c]
+            if view_nodata and math.isnan(view_z[oi, oj]):
                 q = q | 1
             if (q & 1) == 0:
-                u = fx - 0.5
-                j0 = int(math.floor(u))
-                wu = u - j0
+                wj1 = wu[c]
+                ja = min(max(j0[c], 0), ncx - 1)
+                jb = min(max(j0[c] + 1, 0), ncx - 1)
                 acc = 0.0
                 wsum = 0.0
-                for di in range(2):
-                    ii = min(max(i0 + di, 0), ncy - 1)
-                    wi = wv if di == 1 else 1.0 - wv
-                    for dj in range(2):
-                        jj = min(max(j0 + dj, 0), ncx - 1)
-                        wj = wu if dj == 1 else 1.0 - wu
-                        val = sun_z[ii, jj]
-                        w = wi * wj
-                        if math.isnan(val) or w <= 0.0:
-                            continue
-                        acc += w * val
-                        wsum += w
+                for k in range(4):
+                    ii = ia if k < 2 else ib
+                    jj = ja if (k % 2) == 0 else jb
+                    w = ((1.0 - wi1) if k < 2 else wi1) * ((1.0 - wj1) if (k % 2) == 0 else wj1)
+                    val = sun_z[ii, jj]
+                    if w <= 0.0 or math.isnan(val):
+                        continue
+                    acc += w * val
+                    wsum += w
                 if wsum > 0.0 and acc / wsum > threshold:
                     q = q | (1 << 10)
             qai[r, c] = q
+
+
+def _weights(coarse: Grid, grid: Grid, r0: int, r1: int):
+    """Row (r0..r1) and column interpolation indices/weights of ``grid``'s pixel centres."""
+    y = grid.y0 - (np.arange(r0, r1) + 0.5) * grid.dy
+    x = grid.x0 + (np.arange(grid.nx) + 0.5) * grid.dx
+    return (*_axis_weights((coarse.y0 - y) / coarse.dy, coarse.ny),
+            *_axis_weights((x - coarse.x0) / coarse.dx, coarse.nx))
 
 
 def _rows_range(grid: Grid, rows: slice | None) -> tuple[int, int]:
@@ -250,9 +242,15 @@ class Geometry:
         r0, r1 = _rows_range(grid, rows)
         out = np.empty((r1 - r0, grid.nx), dtype=np.float32)
         if out.size:
-            g = self.grid
-            _interp_kernel(np.ascontiguousarray(values, dtype=np.float64), g.x0, g.y0, g.dx,
-                           g.dy, grid.x0, grid.y0, grid.dx, grid.dy, r0, mode, out)
+            v = np.asarray(values, dtype=np.float64)
+            if mode == MODE_ANGULAR:
+                a, b = np.sin(np.deg2rad(v)), np.cos(np.deg2rad(v))
+            elif mode == MODE_COS:     # cos interpolated between centres (no per-pixel trig)
+                a, b = np.cos(np.deg2rad(v)), v
+            else:
+                a, b = v, v
+            _interp_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b),
+                           *_weights(self.grid, grid, r0, r1), mode == MODE_ANGULAR, out)
         return out
 
     def sun_zenith_at(self, grid: Grid, rows: slice | None = None) -> np.ndarray:
@@ -260,7 +258,9 @@ class Geometry:
         return self._at(self.sun_zenith, grid, rows, MODE_LINEAR)
 
     def cos_sun_zenith(self, grid: Grid, rows: slice | None = None) -> np.ndarray:
-        """cos(sun zenith) (float32) at the pixel centres of ``grid`` rows ``rows``."""
+        """cos(sun zenith) (float32) at the pixel centres of ``grid`` rows ``rows``: the
+        cells' cosines interpolated bilinearly (differs from cos of the interpolated zenith
+        by < 1e-6 for real sun-zenith gradients of < 0.1° per 5 km cell)."""
         return self._at(self.sun_zenith, grid, rows, MODE_COS)
 
     def sun_azimuth_at(self, grid: Grid, rows: slice | None = None) -> np.ndarray:
@@ -443,9 +443,8 @@ def update_qai(qai: np.ndarray, geometry: Geometry, grid: Grid,
         raise ValueError(f"QAI shape {qai.shape} != grid shape {grid.shape}")
     if view_nodata is None:
         view_nodata = bool(np.isnan(geometry.view_zenith).any())
-    g = geometry.grid
     _flag_kernel(qai, np.ascontiguousarray(geometry.sun_zenith, dtype=np.float64),
                  np.ascontiguousarray(geometry.view_zenith, dtype=np.float64),
-                 g.x0, g.y0, g.dx, g.dy, grid.x0, grid.y0, grid.dx, grid.dy,
-                 bool(view_nodata), HIGH_SUN_ZENITH)
+                 *_weights(geometry.grid, grid, 0, grid.ny), bool(view_nodata),
+                 HIGH_SUN_ZENITH)
     assert Q.HIGH_SUN_ZENITH == 10 and Q.NODATA == 0

@@ -96,9 +96,9 @@ def _level1_summary(level1: Level1) -> dict:
 
 def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                     fragments: list[str]) -> dict:
-    from .geometry import compute_geometry
+    from .geometry import compute_geometry, update_qai
     from .level1 import read_bands
-    from .toa import initial_qai, toa_reflectance
+    from .toa import apply_toa_nodata, initial_qai, toa_reflectance
 
     spec = level1.spec
     grid = level1.grid
@@ -110,14 +110,20 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         qai = initial_qai(level1, dn, grid, params.buffer_nodata, params.impulse_noise)
     with timer("geometry"):
         geometry = compute_geometry(level1, qai)
+        update_qai(qai, geometry, grid)
     with timer("toa"):
         toa: dict[str, np.ndarray] = {}
+        cos_sun_cache: dict[Grid, np.ndarray] = {}
         for domain in list(dn):
             band = level1.bands[domain]
-            cos_sun = geometry.cos_sun_zenith(band.grid) if spec.mission == "landsat" else None
+            cos_sun = None
+            if spec.mission == "landsat" and not band.thermal:
+                if band.grid not in cos_sun_cache:
+                    cos_sun_cache[band.grid] = geometry.cos_sun_zenith(band.grid)
+                cos_sun = cos_sun_cache[band.grid]
             toa[domain] = toa_reflectance(dn.pop(domain), band, cos_sun, spec)
-        _landsat_nonpositive_nodata(level1, toa, qai)
-        _sentinel2_clip_flags(level1, toa, qai)
+        del cos_sun_cache
+        apply_toa_nodata(toa, qai, spec)
     npix = int(np.count_nonzero(Q.is_valid(qai)))
     dc = _pct(npix, qai.size)
     fragments.append(f"dc: {dc:6.2f}%.")
@@ -147,39 +153,16 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     del toa
     with timer("cube"):
         from .cube import write_cube
-        result = write_cube(products, level1=level1, params=params,
-                            force_param=format_force_param(params))
-    fragments.append(f"{result.ntiles:2d} product(s) written.")
-    record.update({"tiles": result.tiles, "files": [str(f) for f in result.files],
-                   "tiles_skipped_cloudy": getattr(result, "skipped_cloudy", [])})
+        result = write_cube(products, level1_id=level1.product_id, date=level1.date_string,
+                            sensor=level1.sensor, params=params, origin=str(level1.source),
+                            refsys_id=level1.refsys_id, acquired=level1.acquired,
+                            param_log=format_force_param(params), num_threads=nthreads)
+    fragments.append(f"{result.n_tiles:2d} product(s) written.")
+    record.update({"tiles": list(result.tiles_written),
+                   "files": [{"path": str(f.path), "mode": f.mode} for f in result.files],
+                   "tiles_skipped_cloudy": dict(result.tiles_skipped_cloud),
+                   "cubes": [c.name or "cube" for c in result.cubes]})
     return record
-
-
-def _landsat_nonpositive_nodata(level1: Level1, toa: dict, qai: np.ndarray) -> None:
-    """Spec 01 §2: Landsat reflective TOA ≤ 0 in a non-cirrus band makes the pixel nodata.
-    (toa_reflectance stores −9999 there; the QAI follows here.)"""
-    if level1.mission != "landsat":
-        return
-    for domain, arr in toa.items():
-        band = level1.bands[domain]
-        if band.thermal or domain == "CIRRUS" or arr.shape != qai.shape:
-            continue
-        Q.set_flag(qai, Q.NODATA, arr == TOA_NODATA)
-
-
-def _sentinel2_clip_flags(level1: Level1, toa: dict, qai: np.ndarray) -> None:
-    """Values clipped at 32767 by toa_reflectance are flagged saturated (a deliberate fix of
-    FORCE's int16 wrap-around, spec 01 §2)."""
-    if level1.mission != "sentinel2":
-        return
-    for domain, arr in toa.items():
-        sat = arr == np.iinfo(np.int16).max
-        if not sat.any():
-            continue
-        if arr.shape == qai.shape:
-            Q.set_flag(qai, Q.SATURATION, sat)
-        else:
-            Q.set_flag(qai, Q.SATURATION, _upsample_mask(sat, level1.bands[domain].grid, level1.grid))
 
 
 def _upsample_mask(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:

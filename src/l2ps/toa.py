@@ -69,9 +69,12 @@ def _landsat_bt_kernel(dn, gain, offset, k1, k2, out):
                 out[i, j] = -9999
                 continue
             rad = gain * np.float32(d) + offset
-            bt = k2 / np.float32(math.log(k1 / rad + one)) * scale if rad > 0 else np.float32(np.nan)
-            if bt < np.float32(32767.0):      # NaN fails the test → 32767 as FORCE
-                out[i, j] = np.int16(int(bt)) if bt > np.float32(-32767.0) else -32767
+            if rad <= 0:                      # ln of a negative number: NaN → 32767 (FORCE)
+                out[i, j] = 32767
+                continue
+            bt = k2 / np.float32(math.log(k1 / rad + one)) * scale
+            if bt < np.float32(32767.0):
+                out[i, j] = np.int16(int(bt))
             else:
                 out[i, j] = 32767
 

@@ -164,10 +164,7 @@ class RasterSpec:
     band_md: list[dict[str, dict[str, str]]] = field(default_factory=list)  # per band
 
 
-def _fill(ds, data: np.ndarray, grid: Grid | None, spec: RasterSpec) -> None:
-    if grid is not None:
-        ds.crs = grid.crs
-        ds.transform = grid.transform
+def _fill(ds, data: np.ndarray, spec: RasterSpec) -> None:
     for domain, items in spec.dataset_md.items():
         if items:
             if domain:
@@ -199,6 +196,8 @@ def write_raster(path: str | os.PathLike, data: np.ndarray, grid: Grid | None,
     nb, ny, nx = data.shape
     opts = fmt.options_for(product)
     profile: dict[str, Any] = dict(count=nb, width=nx, height=ny, dtype=data.dtype.name)
+    if grid is not None:
+        profile.update(crs=grid.crs, transform=grid.transform)
     if spec.nodata is not None:
         profile["nodata"] = spec.nodata
     env = {"GDAL_PAM_ENABLED": "NO"} if fmt.driver == "JPEG" else {}
@@ -206,13 +205,16 @@ def write_raster(path: str | os.PathLike, data: np.ndarray, grid: Grid | None,
         if fmt.driver in ("COG", "JPEG") or not _can_create(fmt.driver):
             with MemoryFile() as mf:
                 with mf.open(driver="GTiff", **profile) as mem:
-                    _fill(mem, data, grid, spec)
+                    _fill(mem, data, spec)
+                if fmt.driver == "COG":
+                    # without it the COG driver copies only the default metadata domain
+                    opts.setdefault("COPY_SRC_MDD", "YES")
                 with mf.open() as mem:
                     rasterio.shutil.copy(mem, str(path), driver=fmt.driver, strict=False,
                                          **opts)
         else:
             with rasterio.open(str(path), "w", driver=fmt.driver, **profile, **opts) as ds:
-                _fill(ds, data, grid, spec)
+                _fill(ds, data, spec)
 
 
 _COPY_ONLY = frozenset({"COG", "JPEG", "PNG", "WEBP", "JP2OpenJPEG", "JPEGXL"})

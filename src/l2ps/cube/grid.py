@@ -148,11 +148,20 @@ def _snap(q: np.ndarray | float):
 
 
 def _crs_equivalent(a: str, b: str) -> bool:
+    """Same CRS, also when names differ (e.g. FORCE's space-free WKT1 of EPSG:3035 vs
+    WKT2 from the EPSG database): equal per PROJ, or equal PROJ.4 definitions."""
     if a == b:
         return True
     try:
-        return ProjCRS.from_user_input(a).equals(ProjCRS.from_user_input(b),
-                                                 ignore_axis_order=True)
+        ca, cb = ProjCRS.from_user_input(a), ProjCRS.from_user_input(b)
+        if ca.equals(cb, ignore_axis_order=True):
+            return True
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pa, pb = ca.to_proj4(), cb.to_proj4()
+        norm = lambda s: " ".join(sorted(t for t in s.split() if t not in ("+type=crs", "+no_defs")))
+        return bool(pa) and norm(pa) == norm(pb)
     except Exception:
         return False
 
@@ -308,8 +317,8 @@ class Datacube:
     def write_prj(self, directory: str | os.PathLike, *,
                   origin_tolerance: float = 1e-5, timeout: float = 60.0) -> "Datacube":
         """Write ``<directory>/datacube-definition.prj`` if it does not exist (under a lock,
-        atomically); if it exists, check that it matches this cube and return the cube as
-        defined in the file (which then governs the tile grid).
+        atomically); if it exists, check that it matches this cube. Returns the cube as
+        stored in the file (which then governs the tile grid, for every image alike).
 
         ``origin_tolerance``: largest accepted difference of the map origin (map units).
         Raises :class:`GridError` naming the file and the differing field."""
@@ -330,7 +339,8 @@ class Datacube:
                     f.flush()
                     os.fsync(f.fileno())
             atomic_write(path, _write)
-        return self
+            # every writer, the first included, uses the cube as stored (%f-rounded)
+            return read_prj(path, name=self.name)
 
     def check_matches(self, other: "Datacube", path: str | os.PathLike = PRJ_NAME, *,
                       origin_tolerance: float = 1e-5) -> None:

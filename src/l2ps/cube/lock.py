@@ -1,7 +1,7 @@
 """Per-file locks, atomic replacement and race-safe directories for the cube writer.
 
 Every file of the cube (tile files, contribution chips, ``datacube-definition.prj``, the
-provenance CSV) is written under a lock on ``<file>.lock`` and replaced atomically:
+provenance CSV) is written under a lock on ``<dir>/.locks/<file>.lock`` and replaced atomically:
 the data goes to a temporary file in the same directory, which is then renamed over
 the target with :func:`os.replace`. A killed writer therefore never leaves a broken or
 half-written file; at worst a hidden temporary file (``.<name>.tmp-*``) is left behind.
@@ -38,10 +38,15 @@ from ..errors import OutputError
 DEFAULT_LOCK_TIMEOUT = 600.0
 
 
+LOCK_DIR = ".locks"
+
+
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file guarding ``path``: ``<path>.lock``."""
+    """The lock file guarding ``path``: ``<dir>/.locks/<name>.lock`` — in a hidden folder,
+    so that the (empty, permanent) lock files stay out of the way of readers of the cube
+    (e.g. ``X*/*.tif*`` globs)."""
     p = Path(path)
-    return p.with_name(p.name + ".lock")
+    return p.parent / LOCK_DIR / (p.name + ".lock")
 
 
 @contextlib.contextmanager

@@ -105,6 +105,13 @@ def landsat_sensor(mtl: MTL) -> SensorSpec:
     if lid not in ("4", "5", "7", "8", "9") or not sc.upper().startswith("LANDSAT"):
         raise Level1Error(f"{mtl.path}: SPACECRAFT_ID {sc!r} is not a supported Landsat "
                           "(expected LANDSAT_4, LANDSAT_5, LANDSAT_7, LANDSAT_8 or LANDSAT_9)")
+    instrument = (mtl.first("SENSOR_ID") or "").upper()
+    if "MSS" in instrument:
+        raise Level1Error(f"{mtl.path}: SENSOR_ID {instrument!r}: MSS is not supported "
+                          "(expected TM, ETM+ or OLI_TIRS)")
+    if lid in ("8", "9") and instrument and instrument != "OLI_TIRS":
+        raise Level1Error(f"{mtl.path}: SENSOR_ID {instrument!r}: an OLI-only or TIRS-only "
+                          "product cannot be processed (expected OLI_TIRS)")
     return sensor_spec(f"LND0{lid}")
 
 
@@ -185,6 +192,21 @@ def landsat_time(mtl: MTL) -> datetime:
     return (d + timedelta(hours=h, minutes=mi, seconds=s)).replace(tzinfo=timezone.utc)
 
 
+def gdal_message(exc: BaseException) -> str:
+    """The messages of a rasterio/GDAL exception chain, innermost (most specific) last,
+    without rasterio's "See previous exception" boilerplate."""
+    msgs: list[str] = []
+    seen = set()
+    c: BaseException | None = exc
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        m = str(c).strip()
+        if m and "See previous exception" not in m and m not in msgs:
+            msgs.append(m)
+        c = c.__cause__ or c.__context__
+    return "; ".join(msgs[-2:]) if msgs else exc.__class__.__name__
+
+
 def raster_grid(path: Path) -> tuple[Grid, str]:
     """Native grid and data type of a raster file (header only)."""
     try:
@@ -199,7 +221,7 @@ def raster_grid(path: Path) -> tuple[Grid, str]:
     except Level1Error:
         raise
     except rasterio.errors.RasterioError as exc:
-        raise Level1Error(f"{path}: cannot be read: {exc}") from None
+        raise Level1Error(f"{path}: cannot be read: {gdal_message(exc)}") from None
 
 
 def find_mtl(folder: Path) -> Path:

@@ -24,7 +24,7 @@ from rasterio.windows import Window
 from ..errors import Level1Error
 from ..grid import Grid
 from . import archive
-from .landsat import read_landsat
+from .landsat import gdal_message, read_landsat
 from .model import Band, Level1
 from .sentinel2 import _tile_xml, read_sentinel2
 
@@ -221,10 +221,10 @@ def read_dn(level1: Level1, domain: str, window: Window | Grid | None = None,
     except Level1Error:
         raise
     except (rasterio.errors.RasterioError, OSError) as exc:
-        raise Level1Error(f"{band.path}: cannot be read: {exc}") from None
+        raise Level1Error(f"{band.path}: cannot be read: {gdal_message(exc)}") from None
     except Exception as exc:   # noqa: BLE001 - GDAL CPLE_* errors of a broken file
         if type(exc).__module__.startswith("rasterio"):
-            raise Level1Error(f"{band.path}: cannot be read: {exc}") from None
+            raise Level1Error(f"{band.path}: cannot be read: {gdal_message(exc)}") from None
         raise
     if data.dtype not in (np.uint8, np.uint16):
         raise Level1Error(f"{band.path}: data type {data.dtype} (expected uint8 or uint16)")

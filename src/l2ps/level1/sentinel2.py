@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import Level1Error
 from .landsat import finest_grid, raster_grid
+from ..grid import Grid
 from .model import Band, Calibration, Level1, ViewGrid
 from .sensors import sensor_spec
 
@@ -387,3 +388,37 @@ def read_sentinel2(path: Path, source: Path | None = None) -> Level1:
                "sensing_time": tile.sensing_time, "tile_id": tile.tile_id,
                "quantification": info.quantification, "add_offset": info.add_offset},
     )
+
+
+def valid_subset(level1: Level1) -> Grid | None:
+    """The part of ``level1.grid`` covered by valid view-angle cells (spec 01 §1.5 step 3–5).
+
+    Bounding box of the cells with a valid collapsed view zenith and azimuth, widened by one
+    cell on the left (FORCE's "missing left edge"), snapped outwards to multiples of 3 cells
+    (15 km, a multiple of 60 m), clipped to the image. Returned as a sub-grid of the
+    processing grid (pixel bounds by coordinates, so decimated grids work), or None when no
+    cell is valid (FORCE then ends without output). Optional: processing the full grid
+    (DO_REPROJ = DO_TILE = FALSE in FORCE) is equally correct, only slower.
+    """
+    view = level1.view
+    if view is None:
+        return level1.grid
+    ok = np.isfinite(view.zenith) & np.isfinite(view.azimuth)
+    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+    if rows.size == 0:
+        return None
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    left, right = int(cols[0]), int(cols[-1]) + 1
+    if left > 0:
+        left -= 1
+    left, top = 3 * (left // 3), 3 * (top // 3)
+    right, bottom = -(-right // 3) * 3, -(-bottom // 3) * 3
+    g = level1.grid
+    ox, oy = view.origin if view.origin is not None else (g.x0, g.y0)
+    c0 = max(int(np.floor((ox + left * view.cell - g.x0) / g.dx + 1e-9)), 0)
+    r0 = max(int(np.floor((g.y0 - (oy - top * view.cell)) / g.dy + 1e-9)), 0)
+    c1 = min(int(np.ceil((ox + right * view.cell - g.x0) / g.dx - 1e-9)), g.nx)
+    r1 = min(int(np.ceil((g.y0 - (oy - bottom * view.cell)) / g.dy - 1e-9)), g.ny)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return g.window(r0, c0, r1 - r0, c1 - c0)

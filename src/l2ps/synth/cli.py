@@ -1,0 +1,93 @@
+"""``l2ps synth``: write synthetic Level-1 products with known truth.
+
+    l2ps synth landsat OUTDIR --sensor LND08 --size 400 --form tar --seed 1
+    l2ps synth sentinel2 OUTDIR --sensor SEN2A --size 600 --form zip --baseline 04.00
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _size(text: str):
+    if text == "full":
+        return "full"
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected N, NxM or full") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or min(vals) <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected N, NxM or full")
+    return tuple(vals)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``synth`` sub-command to an argparse sub-parser collection."""
+    p = subparsers.add_parser("synth", help="write synthetic Level-1 products with known truth",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=("landsat", "sentinel2"))
+    p.add_argument("out_dir")
+    p.add_argument("--sensor", default=None,
+                   help="LND04/05/07/08/09 or SEN2A/B/C (default LND08 / SEN2A)")
+    p.add_argument("--size", type=_size, default=None,
+                   help="pixels: N, NxM (Landsat, 30 m) or N (Sentinel-2, 10 m, divisible "
+                        "by 6), or 'full' (default 400 / 600)")
+    p.add_argument("--form", default=None,
+                   help="landsat: folder|tar|tar.gz; sentinel2: safe|zip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--date", default="2021-07-15", help="acquisition date YYYY-MM-DD")
+    p.add_argument("--collection", type=int, default=None, help="Landsat collection 1 or 2")
+    p.add_argument("--path", type=int, default=193, help="Landsat WRS-2 path")
+    p.add_argument("--row", type=int, default=24, help="Landsat WRS-2 row")
+    p.add_argument("--tile", default="T32UPC", help="Sentinel-2 MGRS tile")
+    p.add_argument("--baseline", default="04.00", help="Sentinel-2 processing baseline")
+    p.add_argument("--no-clouds", action="store_true")
+    p.add_argument("--cloud-fraction", type=float, default=0.15)
+    p.add_argument("--aod", type=float, default=0.15, help="AOD at 550 nm")
+    p.add_argument("--water-vapor", type=float, default=1.5, help="g/cm2")
+    p.add_argument("--relief", type=float, default=1.0, help="terrain relief scale (0 = flat)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``l2ps synth``: writes the product and prints its path and truth folder."""
+    from . import make_landsat, make_sentinel2
+    common = dict(seed=args.seed, date=args.date, clouds=not args.no_clouds,
+                  cloud_fraction=args.cloud_fraction, aod=args.aod,
+                  water_vapor=args.water_vapor, relief=args.relief)
+    if args.size is not None:
+        common["size"] = args.size
+    try:
+        if args.kind == "landsat":
+            kw = dict(sensor=args.sensor or "LND08", path=args.path, row=args.row)
+            collection = args.collection or (1 if args.form == "tar.gz" else 2)
+            kw.update(collection=collection, form=args.form or ("tar.gz" if collection == 1
+                                                                else "folder"))
+            prod = make_landsat(args.out_dir, **kw, **common)
+        else:
+            prod = make_sentinel2(args.out_dir, sensor=args.sensor or "SEN2A",
+                                  form=args.form or "safe", baseline=args.baseline,
+                                  tile=args.tile, **common)
+    except (ValueError, KeyError) as e:
+        print(f"l2ps synth: {e}", file=sys.stderr)
+        return 2
+    print(prod.path)
+    print(f"truth: {prod.truth_dir}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="l2ps-synth")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["synth", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
