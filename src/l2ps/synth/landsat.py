@@ -451,6 +451,7 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
         "earth_sun_distance": earth_sun_distance(when),
         "atmosphere": atmosphere_name(),
         "aod550": aod, "water_vapor": water_vapor, "relief": relief,
+        "base_elevation_m": scene.z_base,
         "dn_model": "DN = round((rho_toa * cos(sun_zenith_pixel) - REFLECTANCE_ADD) / "
                     "REFLECTANCE_MULT), sun_zenith_pixel = truth/sun_zenith.tif",
         "clouds": [_cloud_doc(c) for c in scene.clouds],
@@ -476,9 +477,7 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
 
 
 def _cloud_doc(c):
-    d = asdict(c)
-    d["height_above_base_m"] = None
-    return d
+    return asdict(c)
 
 
 def _fractions(counts):

@@ -200,6 +200,15 @@ def sixs_tables():
     return _SIXS_STATE["tables"]
 
 
+def _clip_axis(values, axis: str):
+    """Clip a field to the 6S table grid (so that the truth is what was used)."""
+    tables = sixs_tables()
+    if tables is None or axis not in getattr(tables, "axes", {}):
+        return values
+    ax = tables.axes[axis]
+    return np.clip(values, float(ax[0]), float(ax[-1]))
+
+
 def atmosphere_name() -> str:
     return "6S tables (l2ps.synth.sixs)" if sixs_tables() is not None else \
         "PROVISIONAL single-scattering stand-in (6S tables not installed)"
@@ -489,7 +498,7 @@ class Scene:
         self.z_base = 350.0
         self.relief_amp = 900.0 * options.relief
         self.snow_line = options.snow_line if options.snow_line is not None else \
-            self.z_base + 0.62 * max(self.relief_amp, 1.0)
+            self.z_base + 250.0 + 0.45 * self.relief_amp
         self.centres = spectra.domain_centres(sensor)
         self.doms, self.cover_table, self.veg_spec = spectra.cover_table(sensor)
         self._place_targets()
@@ -605,12 +614,16 @@ class Scene:
         return (bright * ((1 - veg) * base + veg * self.veg_spec[band_idx])).astype(np.float32)
 
     def aod_field(self, xs, ys, z):
-        return (self.opt.aod * (1 + 0.15 * self.lat_aod.grid(xs, ys, 1))
-                * np.exp(-(z - self.z_base) / 2500.0)).astype(np.float32)
+        """AOD at 550 nm: scene value ±15 % (50 km structures), less over mountains."""
+        a = self.opt.aod * (1 + 0.15 * self.lat_aod.grid(xs, ys, 1)) \
+            * np.exp(-(z - self.z_base) / 2500.0)
+        return _clip_axis(a, "aod").astype(np.float32)
 
     def wv_field(self, xs, ys, z):
-        return (self.opt.water_vapor * (1 + 0.1 * self.lat_wv.grid(xs, ys, 1))
-                * np.exp(-(z - self.z_base) / 2200.0)).astype(np.float32)
+        """Water vapour (g/cm²): scene value ±10 %, less over mountains."""
+        w = self.opt.water_vapor * (1 + 0.1 * self.lat_wv.grid(xs, ys, 1)) \
+            * np.exp(-(z - self.z_base) / 2200.0)
+        return _clip_axis(w, "wv").astype(np.float32)
 
     # ------------------------------------------------------------------ environment
     def _env_fields(self):

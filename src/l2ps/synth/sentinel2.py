@@ -372,7 +372,7 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                           "- tan(beta_b) along the flight direction)",
         "earth_sun_distance": earth_sun_distance(sensing),
         "atmosphere": atmosphere_name(), "aod550": aod, "water_vapor": water_vapor,
-        "relief": relief,
+        "relief": relief, "base_elevation_m": scene.z_base,
         "dn_model": ("DN = round(rho_toa * 10000) + 1000" if offset else
                      "DN = round(rho_toa * 10000)") + "; 0 = nodata, 65535 = saturated",
         "clouds": [_cloud(c) for c in scene.clouds],

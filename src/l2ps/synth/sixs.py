@@ -10,7 +10,12 @@ check.  Per band the tables hold the surface-independent terms of
 (rho: Lambertian surface reflectance of the pixel, rho_env: reflectance of its environment;
 rho_env = rho is a homogeneous surface), where
 
-- ``path``      intrinsic (path) reflectance of the atmosphere (scattering only),
+- ``path``      intrinsic (path) reflectance of the atmosphere, *gas-coupled as in 6S*: 6S
+                attenuates the Rayleigh part of the path by the gases without H2O and the aerosol
+                part by the gases with half the H2O column ("water vapour mixed with aerosol");
+                ``path`` = (tg_ray * path_rayleigh + tg_aer * path_aerosol) / tg, so that the
+                formula above reproduces 6S's apparent reflectance (to ~1e-4, docs/sixs-tables.md);
+                ``path_scatter`` is the gas-free intrinsic reflectance,
 - ``tg``        total gaseous transmittance sun -> surface -> sensor (H2O, O3, O2, CO2, CH4, ...),
 - ``t_down``    total (direct + diffuse) downward scattering transmittance,
 - ``t_up_dir``  direct upward transmittance exp(-tau / cos(view_zenith)),
@@ -48,7 +53,9 @@ SENSOR_TABLE = {
     "SEN2A": "MSIA", "SEN2B": "MSIB", "SEN2C": "MSIA", "SEN2D": "MSIA",
 }
 SCATTERING_TERMS = ("path", "t_down", "t_up_dir", "t_up_dif", "s")
-TERMS = ("path", "tg", "t_down", "t_up_dir", "t_up_dif", "s")
+GAS_TERMS = ("tg", "tg_ray", "tg_aer")
+TERMS = ("path", "tg", "t_down", "t_up_dir", "t_up_dif", "s", "path_scatter")
+_TG_FLOOR = 1e-6   # tg is 0 to 6S's printed precision in the cores of H2O bands
 _SLACK = 1e-4   # tolerance on the grid limits (rounding of float32 inputs)
 
 
@@ -104,7 +111,7 @@ class BandTermsGrid:
     Produced by :meth:`SixSTables.terms_grid`; :meth:`terms` and :meth:`toa` interpolate per
     pixel bilinearly in (aod550, elevation) and (water_vapor, elevation) — cheap enough for
     full scenes.  ``scattering`` has shape (n_aod, n_elev, 5) in the order of
-    ``SCATTERING_TERMS``; ``tg`` has shape (n_wv, n_elev).
+    ``SCATTERING_TERMS``; ``gas`` has shape (n_wv, n_elev, 3) in the order of ``GAS_TERMS``.
     """
 
     sensor: str
@@ -113,21 +120,49 @@ class BandTermsGrid:
     elev: np.ndarray
     wv: np.ndarray
     scattering: np.ndarray
-    tg: np.ndarray
+    gas: np.ndarray
 
     def terms(self, aod550, water_vapor, elevation_km) -> dict[str, np.ndarray]:
         la = _locate(aod550, self.aod, "aod550")
         lz = _locate(elevation_km, self.elev, "elevation_km")
         lw = _locate(water_vapor, self.wv, "water_vapor")
         sc = _multilinear(self.scattering, [la, lz])
-        tg = _multilinear(self.tg, [lw, lz])
-        out = {k: sc[..., n] for n, k in enumerate(SCATTERING_TERMS)}
-        out["tg"] = tg
-        return {k: out[k] for k in TERMS}
+        ray = _multilinear(self.scattering[0, :, 0], [lz])
+        gas = _multilinear(self.gas, [lw, lz])
+        return _assemble(sc, ray, gas)
 
-    def toa(self, rho_surface, rho_env, aod550, water_vapor, elevation_km) -> np.ndarray:
-        t = self.terms(aod550, water_vapor, elevation_km)
-        return compose_toa(t, rho_surface, rho_env)
+    def toa(self, rho_surface, rho_env, aod550, water_vapor, elevation_km,
+            block_rows: int | None = None) -> np.ndarray:
+        """TOA reflectance per pixel (float32, broadcast shape of the inputs).
+
+        Large inputs are processed in blocks of rows of the first axis (about 2**20 values per
+        block unless ``block_rows`` is given) to keep the temporaries small.
+        """
+        args = [np.asarray(a, dtype=np.float32) for a in
+                (rho_surface, rho_env, aod550, water_vapor, elevation_km)]
+        shape = np.broadcast_shapes(*(a.shape for a in args))
+        size = int(np.prod(shape))
+        if len(shape) == 0 or size <= 2 ** 20 and block_rows is None:
+            t = self.terms(*args[2:])
+            return compose_toa(t, args[0], args[1])
+        rows = block_rows or max(1, (2 ** 20 * shape[0]) // max(size, 1))
+        full = [np.broadcast_to(a, shape) for a in args]
+        out = np.empty(shape, np.float32)
+        for i in range(0, shape[0], rows):
+            blk = [a[i:i + rows] for a in full]
+            out[i:i + rows] = compose_toa(self.terms(*blk[2:]), blk[0], blk[1])
+        return out
+
+
+def _assemble(sc: np.ndarray, path_ray: np.ndarray, gas: np.ndarray) -> dict[str, np.ndarray]:
+    """Terms from interpolated scattering (..., 5), Rayleigh path (...) and gas (..., 3) values."""
+    path = sc[..., 0]
+    tg, tg_ray, tg_aer = gas[..., 0], gas[..., 1], gas[..., 2]
+    path_eff = (tg_ray * path_ray + tg_aer * (path - path_ray)) / np.maximum(tg, _TG_FLOOR)
+    out = {"path": path_eff, "tg": tg, "t_down": sc[..., 1], "t_up_dir": sc[..., 2],
+           "t_up_dif": sc[..., 3], "s": sc[..., 4], "path_scatter": path}
+    shape = np.broadcast_shapes(*(v.shape for v in out.values()))
+    return {k: np.broadcast_to(out[k], shape).astype(np.float32, copy=False) for k in TERMS}
 
 
 def compose_toa(t: dict[str, np.ndarray], rho_surface, rho_env) -> np.ndarray:
@@ -160,7 +195,8 @@ class SixSTables:
             for d in domains:
                 self._scat[ts, d] = np.stack([data[f"{ts}.{d}.{k}"] for k in SCATTERING_TERMS],
                                              axis=-1).astype(np.float32)
-                self._gas[ts, d] = data[f"{ts}.{d}.tg"].astype(np.float32)
+                self._gas[ts, d] = np.stack([data[f"{ts}.{d}.{k}"] for k in GAS_TERMS],
+                                            axis=-1).astype(np.float32)
                 self._e0[ts, d] = float(data[f"{ts}.{d}.e0"])
 
     # ---------------------------------------------------------------------------------------
@@ -215,11 +251,11 @@ class SixSTables:
         geo, lm = self._geometry_locs(float(np.squeeze(sun_zenith)), float(np.squeeze(view_zenith)),
                                       float(np.squeeze(rel_azimuth)))
         scat = _multilinear(self._scat[key], geo)           # (n_aod, n_elev, 5)
-        gas = self._gas[key]                                # (n_m, n_wv, n_elev)
+        gas = self._gas[key]                                # (n_m, n_wv, n_elev, 3)
         i, w = int(lm[0]), float(lm[1])
-        tg = (1.0 - w) * gas[i] + w * gas[min(i + 1, gas.shape[0] - 1)]
+        gas = (1.0 - w) * gas[i] + w * gas[min(i + 1, gas.shape[0] - 1)]
         return BandTermsGrid(sensor, domain, self.axes["aod"], self.axes["elev"], self.axes["wv"],
-                             scat.astype(np.float32), tg.astype(np.float32))
+                             scat.astype(np.float32), gas.astype(np.float32))
 
     def terms(self, sensor: str, domain: str, sun_zenith, view_zenith, rel_azimuth, aod550,
               water_vapor, elevation_km) -> dict[str, np.ndarray]:
@@ -236,15 +272,23 @@ class SixSTables:
         lz = _locate(elevation_km, self.axes["elev"], "elevation_km")
         lw = _locate(water_vapor, self.axes["wv"], "water_vapor")
         sc = _multilinear(self._scat[key], geo + [la, lz])
-        out = {k: sc[..., n] for n, k in enumerate(SCATTERING_TERMS)}
-        out["tg"] = _multilinear(self._gas[key], [lm, lw, lz])
+        ray = _multilinear(self._scat[key][:, :, :, 0, :, 0], geo + [lz])
+        gas = _multilinear(self._gas[key], [lm, lw, lz])
+        t = _assemble(sc, ray, gas)
         shape = np.broadcast_shapes(*(np.shape(v) for v in (
             sun_zenith, view_zenith, rel_azimuth, aod550, water_vapor, elevation_km)))
-        return {k: np.broadcast_to(out[k], shape).astype(np.float32, copy=False) for k in TERMS}
+        return {k: np.broadcast_to(v, shape).astype(np.float32, copy=False) for k, v in t.items()}
 
     def toa(self, sensor: str, domain: str, rho_surface, rho_env, sun_zenith, view_zenith,
             rel_azimuth, aod550, water_vapor, elevation_km) -> np.ndarray:
         """TOA reflectance for a Lambertian surface ``rho_surface`` in an environment ``rho_env``."""
+        if all(np.size(v) == 1 for v in (sun_zenith, view_zenith, rel_azimuth)):
+            g = self.terms_grid(sensor, domain, sun_zenith, view_zenith, rel_azimuth)
+            shape = np.broadcast_shapes(*(np.shape(v) for v in (
+                rho_surface, rho_env, sun_zenith, view_zenith, rel_azimuth, aod550, water_vapor,
+                elevation_km)))
+            return np.broadcast_to(g.toa(rho_surface, rho_env, aod550, water_vapor, elevation_km),
+                                   shape).astype(np.float32, copy=False)
         t = self.terms(sensor, domain, sun_zenith, view_zenith, rel_azimuth, aod550, water_vapor,
                        elevation_km)
         return compose_toa(t, rho_surface, rho_env)
