@@ -20,6 +20,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/level2.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -30,6 +31,7 @@ rule all:
     default_target: True
     input:
         pending_records(),
+        REPORT_TARGETS,
 
 
 onsuccess:

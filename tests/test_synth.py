@@ -394,3 +394,35 @@ def test_level1_reader_reads_synthetic_products(l8, s2, tmp_path):
             else:
                 acq = datetime.fromisoformat(prod.truth["acquired"])
                 assert abs((l1.acquired.replace(tzinfo=timezone.utc) - acq).total_seconds()) < 1.5
+
+
+def test_surface_to_toa_uses_6s_tables_when_present(monkeypatch):
+    """With tables installed, TOA comes from them (one geometry per column chunk)."""
+    from l2ps.synth import scene
+
+    class FakeGrid:
+        def toa(self, rho, env, aod, wv, elev):
+            return 0.05 + 0.8 * np.asarray(rho, np.float32) + 0 * aod
+
+    class FakeTables:
+        axes = {k: np.array([0.0, 90.0], np.float32) for k in ("sza", "vza", "raa")}
+        axes.update(aod=np.array([0.0, 2.0], np.float32), wv=np.array([0.0, 5.0], np.float32),
+                    elev=np.array([0.0, 4.0], np.float32))
+        calls = []
+
+        def bands(self, sensor):
+            return ("BLUE", "RED")
+
+        def terms_grid(self, sensor, domain, sza, vza, raa):
+            self.calls.append((sensor, domain, sza, vza, raa))
+            return FakeGrid()
+
+    fake = FakeTables()
+    monkeypatch.setitem(scene._SIXS_STATE, "tables", fake)
+    rho = np.full((4, 300), 0.2, np.float32)
+    one = np.ones_like(rho)
+    toa = scene.surface_to_toa("LND08", "RED", 0.65, rho, rho, 30 * one, 5 * one, 120 * one,
+                               0.1 * one, 1.0 * one, 0.3 * one)
+    assert np.allclose(toa, 0.21) and len(fake.calls) == 3       # 300 columns / 128
+    assert fake.calls[0][:2] == ("LND08", "RED") and fake.calls[0][2] == pytest.approx(30)
+    assert scene.atmosphere_name().startswith("6S")

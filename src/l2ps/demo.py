@@ -8,10 +8,13 @@ from pathlib import Path
 
 DEMO_SETTINGS = {
     "DO_ATMO": "FALSE",          # this slice makes a TOA cube; later issues switch it on
-    "PROJECTION": "GLANCE7",
+    # ETRS89 / LAEA Europe (EPSG:3035), FORCE's documentation example, 30 km tiles
+    "PROJECTION": None,          # filled in by make_demo (WKT from EPSG:3035)
+    "ORIGIN_LON": "-25",
+    "ORIGIN_LAT": "60",
     "RESOLUTION_LANDSAT": "30",
     "RESOLUTION_SENTINEL2": "10",
-    "TILE_SIZE": "150000 150000",
+    "TILE_SIZE": "30000 30000",
     "MAX_CLOUD_COVER_FRAME": "100",
     "MAX_CLOUD_COVER_TILE": "100",
     "OUTPUT_FORMAT": "COG",
@@ -60,6 +63,8 @@ def make_demo(root: Path, seed: int = 1) -> Path:
     values = {k: str(v) for k, v in dirs.items()}
     values["FILE_QUEUE"] = str(queue)
     values.update(DEMO_SETTINGS)
+    from rasterio.crs import CRS
+    values["PROJECTION"] = CRS.from_epsg(3035).to_wkt()
     prm.write_text(set_parameter_values(prm.read_text(), values))
     return prm
 
@@ -68,7 +73,8 @@ def summarize_demo(root: Path) -> str:
     from .queue import read_queue
     root = root.absolute()
     cube = root / "cube"
-    files = sorted(p for p in cube.rglob("*") if p.is_file() and "/." not in str(p.relative_to(cube)))
+    files = sorted(p for p in cube.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(cube).parts))
     q = read_queue(root / "queue.txt")
     c = q.counts()
     lines = [f"The demo cube is in {cube}",

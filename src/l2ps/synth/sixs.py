@@ -96,7 +96,7 @@ def _multilinear(table: np.ndarray, locs: list[tuple[np.ndarray, np.ndarray]]) -
             ix.append(idx[d] + up)
             wd = wts[d] if up else (1.0 - wts[d])
             wt = wd if wt is None else wt * wd
-        # skip corners of zero weight on axes with a single node (clipped indices)
+        # an axis with a single node has weight 0 for its (clipped) upper corner
         ix = [np.minimum(i, table.shape[d] - 1) for d, i in enumerate(ix)]
         val = table[tuple(ix)]
         term = val * (wt[..., None] if val.ndim > wt.ndim else wt)

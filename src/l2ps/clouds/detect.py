@@ -1,0 +1,357 @@
+"""``detect_clouds``: FORCE's modified Fmask for one scene (spec 01 §6.1, the control flow).
+
+Work grid: Landsat works on its 30 m image grid. Sentinel-2 works on the 20 m grid of B8A
+(FORCE works on 10 m with the 20 m bands replicated; see docs/deviations.d/clouds.md): the
+10 m bands are averaged over each 20 m cell, the CDI's smoothed B08 is computed at 10 m and
+averaged, and the masks are mapped back onto the 10 m QAI where the buffers are drawn.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit, prange
+
+from .. import qai as Q
+from ..grid import Grid
+from ..scene import Scene, resample_nearest
+from . import potential as P
+from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
+from .morphology import buffer_disk, label8, remove_small_objects
+from .parallax import cloud_parallax, smoothed_broadnir
+from .probability import cloud_probability
+from .shadows import MIN_OBJECT, shadow_matching, shadow_probability
+
+FMASK_BANDS = ("BLUE", "GREEN", "RED", "NIR", "SWIR1", "SWIR2")
+MAX_CLOUD_HEIGHT = 12000.0      # m, for the shadow search distance (spec 01 §6.5)
+HEIGHT_STEP_SHIFT = 50.0        # m of shadow displacement per height step (spec 01 §6.6)
+
+
+@dataclass
+class CloudResult:
+    """Covers in % (cloud_cover: buffered clouds + shadows of the valid pixels, as FORCE's
+    "cc:"; cloud_cover_unbuffered: confident (opaque) clouds before buffering), the frame
+    decision (skip: cloud_cover > MAX_CLOUD_COVER_FRAME), FORCE's log fragment and the
+    statistics of the sub-stages (thresholds, counts, heights, timings in s)."""
+    cloud_cover: float
+    cloud_cover_unbuffered: float
+    water_cover: float
+    snow_cover: float
+    data_cover: float
+    skip: bool
+    log_fragment: str
+    stats: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- grids
+def _ratio(fine: Grid, coarse: Grid) -> int:
+    """Integer k if ``coarse`` is ``fine`` aggregated k×k with the same UL corner, else 0."""
+    if fine.dx <= 0 or coarse.dx <= fine.dx:
+        return 0
+    k = coarse.dx / fine.dx
+    ky = coarse.dy / fine.dy
+    kk = int(round(k))
+    if (kk < 2 or abs(k - kk) > 1e-6 or abs(ky - kk) > 1e-6 or abs(coarse.x0 - fine.x0) > 1e-3 * fine.dx
+            or abs(coarse.y0 - fine.y0) > 1e-3 * fine.dy):
+        return 0
+    return kk
+
+
+@njit(cache=True, parallel=True)
+def _block_mean(src, k, out):
+    ny, nx = src.shape
+    cy, cx = out.shape
+    for ci in prange(cy):
+        for cj in range(cx):
+            s = 0.0
+            n = 0
+            for a in range(k):
+                i = ci * k + a
+                if i >= ny:
+                    continue
+                for b in range(k):
+                    j = cj * k + b
+                    if j < nx:
+                        s += src[i, j]
+                        n += 1
+            v = s / n if n > 0 else -9999.0
+            out[ci, cj] = np.int16(math.trunc(v))
+
+
+@njit(cache=True, parallel=True)
+def _block_bits(qai, k, out):
+    """OFF if any fine pixel is nodata (or missing); SATURATED if any is saturated."""
+    ny, nx = qai.shape
+    cy, cx = out.shape
+    for ci in prange(cy):
+        for cj in range(cx):
+            c = np.uint8(0)
+            n = 0
+            for a in range(k):
+                i = ci * k + a
+                if i >= ny:
+                    continue
+                for b in range(k):
+                    j = cj * k + b
+                    if j >= nx:
+                        continue
+                    n += 1
+                    q = qai[i, j]
+                    if q & 1:
+                        c |= np.uint8(1)
+                    if q & (1 << 9):
+                        c |= np.uint8(64)
+            if n < k * k:
+                c |= np.uint8(1)
+            out[ci, cj] = c
+
+
+@njit(cache=True, parallel=True)
+def _bits_from_qai(qai, out):
+    ny, nx = qai.shape
+    for i in prange(ny):
+        for j in range(nx):
+            q = qai[i, j]
+            c = np.uint8(0)
+            if q & 1:
+                c |= np.uint8(1)
+            if q & (1 << 9):
+                c |= np.uint8(64)
+            out[i, j] = c
+
+
+def _band_on(scene: Scene, domain: str, work: Grid) -> np.ndarray:
+    src = scene.grids[domain]
+    arr = scene.toa[domain]
+    if src == work:
+        return np.ascontiguousarray(arr)
+    k = _ratio(src, work)
+    if k:
+        out = np.empty(work.shape, np.int16)
+        _block_mean(np.ascontiguousarray(arr), k, out)
+        return out
+    return np.ascontiguousarray(resample_nearest(arr, src, work))
+
+
+def _work_bits(qai: np.ndarray, qgrid: Grid, work: Grid) -> np.ndarray:
+    out = np.empty(work.shape, np.uint8)
+    if work == qgrid:
+        _bits_from_qai(qai, out)
+        return out
+    k = _ratio(qgrid, work)
+    if k:
+        _block_bits(qai, k, out)
+    else:
+        _bits_from_qai(np.ascontiguousarray(resample_nearest(qai, qgrid, work)), out)
+    return out
+
+
+def _topography(scene: Scene, work: Grid) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(slope code trunc(rad·10000) as int32, DEM in m as float32) on the work grid, or
+    None each when the scene has no topography (flat at 0 m)."""
+    topo = scene.topography
+    if topo is None:
+        return None, None
+    slope = getattr(topo, "slope", None)
+    dem = getattr(topo, "dem", None)
+    code = None
+    if slope is not None:
+        s = resample_nearest(np.asarray(slope), scene.grid, work)
+        code = np.trunc(np.nan_to_num(s.astype(np.float32), nan=0.0) * np.float32(10000.0)
+                        ).astype(np.int32)
+    if dem is not None:
+        dem = np.ascontiguousarray(resample_nearest(np.asarray(dem, dtype=np.float32),
+                                                    scene.grid, work))
+    return code, dem
+
+
+# ----------------------------------------------------------------------------- geometry
+def _cells(work: Grid, coarse: Grid) -> tuple[np.ndarray, np.ndarray]:
+    y = work.y0 - (np.arange(work.ny) + 0.5) * work.dy
+    x = work.x0 + (np.arange(work.nx) + 0.5) * work.dx
+    rows = np.clip(np.floor((coarse.y0 - y) / coarse.dy), 0, coarse.ny - 1).astype(np.int64)
+    cols = np.clip(np.floor((x - coarse.x0) / coarse.dx), 0, coarse.nx - 1).astype(np.int64)
+    return rows, cols
+
+
+def _shift_factors(geometry, res: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per coarse cell: column and row shift (pixels per metre of cloud height) from the
+    pixel where a cloud is seen to its shadow: parallax toward the sensor, then the shadow
+    cast away from the sun (spec 01 §6.6; y grows southward, azimuths clockwise from north)."""
+    ts = np.tan(np.deg2rad(geometry.sun_zenith.astype(np.float64)))
+    ps = np.deg2rad(geometry.sun_azimuth.astype(np.float64))
+    tv = np.tan(np.deg2rad(geometry.view_zenith.astype(np.float64)))
+    pv = np.deg2rad(geometry.view_azimuth.astype(np.float64))
+    fx = (tv * np.sin(pv) - ts * np.sin(ps)) / res
+    fy = (-tv * np.cos(pv) + ts * np.cos(ps)) / res
+    return np.nan_to_num(fx), np.nan_to_num(fy)
+
+
+def _base_step(geometry) -> float:
+    sz = geometry.sun_zenith
+    v = float(sz[sz.shape[0] // 2, sz.shape[1] // 2])
+    if not np.isfinite(v):
+        v = geometry.mean_sun_zenith
+    t = math.tan(math.radians(v))
+    return HEIGHT_STEP_SHIFT / t if t > 1e-6 and np.isfinite(t) else HEIGHT_STEP_SHIFT
+
+
+def _maxdist(geometry, res: float) -> float:
+    c = geometry.cos_sun_min
+    if not np.isfinite(c):
+        c = math.cos(math.radians(geometry.mean_sun_zenith))
+    c = min(max(c, 1e-6), 1.0)
+    return MAX_CLOUD_HEIGHT * math.tan(math.acos(c)) / res
+
+
+# ----------------------------------------------------------------------------- main
+def _pct(n: int, d: int) -> float:
+    return 100.0 * n / d if d else 0.0
+
+
+def work_grid(scene: Scene) -> Grid:
+    """The grid the masks are computed on: Sentinel-2 the NIR (B8A) grid, else the scene's."""
+    if scene.spec.mission == "sentinel2" and "NIR" in scene.grids:
+        return scene.grids["NIR"]
+    return scene.grid
+
+
+def detect_clouds(scene: Scene, params) -> CloudResult:
+    """Clouds, cloud shadows, snow and water (spec 01 §6): sets the QAI bits 1–5 of
+    ``scene.qai`` in place and returns the covers and the frame decision. The result is
+    also kept in ``scene.extra["clouds"]``.
+
+    ``params``: a :class:`~l2ps.params.Parameters` (or any object with the attributes
+    cloud_buffer, cirrus_buffer, shadow_buffer, snow_buffer (m), cloud_threshold,
+    shadow_threshold, max_cloud_cover_frame). ``scene.topography`` (optional) provides
+    ``dem`` (m) and ``slope`` (rad) on the processing grid; without it the ground is flat at
+    0 m."""
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    stats: dict = {"timings": timings}
+    t0 = time.perf_counter()
+    spec = scene.spec
+    is_s2 = spec.mission == "sentinel2"
+    qgrid = scene.grid
+    work = work_grid(scene)
+    stats["work_grid"] = {"nx": work.nx, "ny": work.ny, "res": work.res}
+    max_frame = float(params.max_cloud_cover_frame)
+
+    # ---------------------------------------------------------------- potential clouds
+    bands = {d: _band_on(scene, d, work) for d in FMASK_BANDS}
+    has_temp = spec.has_thermal and "TEMP" in scene.toa
+    if has_temp:
+        bands["TEMP"] = _band_on(scene, "TEMP", work)
+    bits = _work_bits(scene.qai, qgrid, work)
+    slope_code, dem = _topography(scene, work)
+    vprob = P.potential_cloud(bands, bits, slope_code)
+    snow_work = buffer_disk((bits & P.SNOW_CANDIDATE) != 0, radius_px(params.snow_buffer, work.res))
+    P.set_snow(bits, snow_work)
+    counts = P.class_counts(bits)
+    stats.update({k: v for k, v in counts.items()})
+    npix = counts["npix"]
+    timings["potential"] = round(time.perf_counter() - t0, 3)
+
+    cloud: np.ndarray
+    shadow: np.ndarray | None = None      # None: every valid pixel is shadow
+    forced = False
+    lowtemp = hightemp = -1.0
+    t0 = time.perf_counter()
+    if npix > 0 and 100.0 * counts["nclear"] / npix > 0.1:
+        if is_s2:
+            k = _ratio(scene.grids["BROADNIR"], work)
+            if k:
+                gb8 = smoothed_broadnir(scene.toa["BROADNIR"], scene.qai, k, bits)
+            else:
+                b8 = _band_on(scene, "BROADNIR", work)
+                q_w = np.where(bits & P.OFF, np.uint16(1), np.uint16(0))
+                gb8 = smoothed_broadnir(b8, q_w, 1, bits)
+            cloud, st = cloud_parallax(bits, _band_on(scene, "REDEDGE3", work), bands["NIR"],
+                                       gb8, vprob)
+            del gb8
+            stats["parallax"] = st
+        else:
+            if not has_temp:
+                from ..errors import ProcessingError
+                raise ProcessingError(f"{scene.level1.source}: {spec.sensor} has no TEMP band; "
+                                      "the Landsat cloud probability needs it")
+            cloud, st = cloud_probability(bits, bands, vprob, counts, float(params.cloud_threshold))
+            lowtemp, hightemp = st["lowtemp"], st["hightemp"]
+            stats["probability"] = st
+        del vprob
+        valid_w = (bits & P.OFF) == 0
+        cloud &= valid_w
+        ncloud = int(np.count_nonzero(cloud))
+        cc_cloud = _pct(ncloud, npix)
+        stats.update({"ncloud": ncloud, "cc_cloud": round(cc_cloud, 4)})
+        timings["parallax" if is_s2 else "probability"] = round(time.perf_counter() - t0, 3)
+        if cc_cloud <= 0.8 * max_frame:
+            if ncloud > 0:
+                t0 = time.perf_counter()
+                lnd = P.land_mask(bits)
+                spr, st = shadow_probability(bits, bands["NIR"], bands["SWIR1"], cloud, lnd,
+                                             _maxdist(scene.geometry, work.res))
+                del lnd
+                stats["shadow_probability"] = st
+                timings["shadow_probability"] = round(time.perf_counter() - t0, 3)
+                t0 = time.perf_counter()
+                labels, n = label8(cloud)
+                n_all = n
+                labels, n = remove_small_objects(cloud, labels, n, MIN_OBJECT)
+                stats["objects"] = {"all": n_all, "kept": n}
+                crow, ccol = _cells(work, scene.geometry.grid)
+                fx, fy = _shift_factors(scene.geometry, work.res)
+                shadow, st = shadow_matching(
+                    cloud, labels, n, spr, bits, res=work.res, crow=crow, ccol=ccol, fx=fx, fy=fy,
+                    base_step=_base_step(scene.geometry),
+                    shadow_threshold=float(params.shadow_threshold),
+                    temp=bands.get("TEMP") if has_temp else None, lowtemp=lowtemp,
+                    hightemp=hightemp, slope_zero=None if slope_code is None else slope_code == 0)
+                del labels, spr
+                stats["shadow_matching"] = st
+                timings["shadow_matching"] = round(time.perf_counter() - t0, 3)
+            else:
+                shadow = np.zeros(work.shape, np.bool_)
+        else:
+            forced = True
+    else:
+        del vprob
+        cloud = (bits & P.PCP) != 0
+        forced = True
+        stats.update({"ncloud": int(np.count_nonzero(cloud)), "cc_cloud": None})
+    stats["forced_full_cover"] = forced
+    stats["lowtemp"], stats["hightemp"] = lowtemp, hightemp
+
+    # ---------------------------------------------------------------- finalisation
+    t0 = time.perf_counter()
+    cirrus = None
+    if "CIRRUS" in scene.toa:
+        z = None
+        if dem is not None:
+            z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
+        cirrus = cirrus_candidates(_band_on(scene, "CIRRUS", work), bits, z)
+    gmap = GridMap(work, qgrid)
+    cnt = finalize(scene.qai, gmap, bits, cloud, None if forced else shadow, cirrus,
+                   cloud_buffer=float(params.cloud_buffer),
+                   cirrus_buffer=float(params.cirrus_buffer),
+                   shadow_buffer=float(params.shadow_buffer),
+                   snow_buffer=float(params.snow_buffer),
+                   snow_buffered_work=snow_work if gmap.identity else None)
+    timings["finalize"] = round(time.perf_counter() - t0, 3)
+    nvalid = cnt["valid"]
+    dc = _pct(nvalid, scene.qai.size)
+    wc = _pct(cnt["water"], nvalid)
+    sc = _pct(cnt["snow"], nvalid)
+    cc = 100.0 if forced else _pct(cnt["cloud_or_shadow"], nvalid)
+    ccu = _pct(cnt["opaque_unbuffered"], nvalid)
+    stats["counts_qai"] = cnt
+    timings["total"] = round(time.perf_counter() - t_all, 3)
+    result = CloudResult(cloud_cover=cc, cloud_cover_unbuffered=ccu, water_cover=wc,
+                         snow_cover=sc, data_cover=dc, skip=cc > max_frame,
+                         log_fragment=f"dc: {dc:6.2f}%. wc: {wc:6.2f}%. sc: {sc:6.2f}%. "
+                                      f"cc: {cc:6.2f}%. ",
+                         stats=stats)
+    scene.extra["clouds"] = result
+    return result
