@@ -26,7 +26,7 @@ PRM = _load_parameters()
 if PRM.file_queue is None:
     raise WorkflowError(
         f"{config['parameter_file']}: FILE_QUEUE is NULL; the workflow needs a queue file "
-        "(one '/path/to/image QUEUED' line per Level-1 image; `l2ps queue DIR... -o FILE`)"
+        "(one 'image-path QUEUED' line per Level-1 image; `l2ps queue DIR... -o FILE`)"
     )
 try:
     QUEUE = read_queue(PRM.file_queue)

@@ -3,6 +3,7 @@
   l2ps parameter FILE            write a complete, commented LEVEL2 parameter file
   l2ps queue DIR... -o QUEUE     build or extend a queue from folders of Level-1 products
   l2ps level2 IMAGE PRM          process one image without Snakemake (FORCE's force-l2ps)
+  l2ps report DIR_LOG            HTML run report (one row per image) of a log folder
   l2ps synth ...                 write synthetic Level-1 products with known truth
   l2ps demo DIR                  make the built-in demo (synthetic images, queue, parameters)
 """
@@ -50,6 +51,12 @@ def _cmd_level2(args) -> int:
                    update_queue=not args.no_queue)
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+    print(write_report(Path(args.dir_log), Path(args.output) if args.output else None))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import make_demo
     prm = make_demo(Path(args.dir), seed=args.seed)
@@ -85,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="override NTHREAD")
     s.add_argument("--no-queue", action="store_true", help="do not update FILE_QUEUE")
     s.set_defaults(func=_cmd_level2)
+
+    s = sub.add_parser("report", help="write the HTML run report of a log folder (DIR_LOG)")
+    s.add_argument("dir_log")
+    s.add_argument("-o", "--output", default=None, help="HTML file (default: DIR_LOG/report/)")
+    s.set_defaults(func=_cmd_report)
 
     try:
         from .synth import cli as synth_cli

@@ -282,9 +282,10 @@ def _signature(files: dict[str, Path]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _is_current(existing: dict | None, files: dict[str, Path], sig: dict) -> bool:
+def _is_current(existing: dict | None, files: dict[str, Path], sig: dict,
+                checksum: bool = True) -> bool:
     """True if an item JSON written earlier describes exactly these files unchanged
-    (same assets, sizes and newest modification time)."""
+    (same assets, sizes and newest modification time; checksums present if asked for)."""
     if not existing:
         return False
     assets = existing.get("assets", {})
@@ -292,6 +293,8 @@ def _is_current(existing: dict | None, files: dict[str, Path], sig: dict) -> boo
         return False
     for k in files:
         if assets[k.lower()].get("file:size") != sig[k][0]:
+            return False
+        if checksum and "file:checksum" not in assets[k.lower()]:
             return False
     newest = max(s[1] for s in sig.values())
     return existing.get("properties", {}).get("updated") == _mtime_iso(newest) and \
@@ -454,7 +457,7 @@ def _update_tile(root: Path, collection_id: str, tile_dir: Path, *, checksum: bo
                 wanted.discard(path.name)
                 continue
             sig = _signature(files)
-            if _is_current(_load_json(path), files, sig):
+            if _is_current(_load_json(path), files, sig, checksum):
                 continue
             item = build_item(tile_dir, date, sensor, files, item_dir=item_dir, root=root,
                               collection_id=collection_id, checksum=checksum, covers=covers)

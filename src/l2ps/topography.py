@@ -300,12 +300,88 @@ def c_offsets(pixel_size: float) -> np.ndarray:
     return np.asarray(vals, dtype=np.int64)
 
 
+_ND_NONE = -32768                       # sample not eligible (int16 NDSWIR ×10000)
+
+
 @njit(cache=True, parallel=True)
-def _c_kernel(cos_i, slope, qai, swir1, swir2, scale, toa_nodata, rho_p, f, mu,
-              off_r, off_c, min_slope, tol, c_max, out):
+def _ndswir_kernel(cos_i, slope, qai, swir1, swir2, scale, toa_nodata, min_slope, nd, cs):
+    """TOA NDSWIR ×10000 (int16, rounded) of pixels eligible as C samples (valid, not
+    cloud or cloud shadow, cos i ≥ 0, slope ≥ min_slope, both TOA bands valid), else
+    _ND_NONE; and cos(slope) ×65535 (uint16) for the samples' mean sky view."""
     ny, nx = cos_i.shape
     exclude = 1 | (3 << 1) | (1 << 3)          # nodata, cloud (any state), cloud shadow
     for i in prange(ny):
+        for j in range(nx):
+            x = cos_i[i, j]
+            t1 = swir1[i, j]
+            t2 = swir2[i, j]
+            if ((qai[i, j] & exclude) or math.isnan(x) or x < 0.0 or slope[i, j] < min_slope
+                    or t1 == toa_nodata or t2 == toa_nodata or math.isnan(t1)
+                    or math.isnan(t2)):
+                nd[i, j] = _ND_NONE
+                continue
+            b1 = t1 * scale
+            b2 = t2 * scale
+            v = (b1 - b2) / (b1 + b2) if (b1 + b2) != 0.0 else 0.0
+            nd[i, j] = int(round(v * 10000.0))
+            cs[i, j] = int(round(math.cos(slope[i, j]) * 65535.0))
+
+
+@njit(cache=True, parallel=True)
+def _c_kernel(cos_i, slope, qai, swir1, swir2, scale, toa_nodata, nd, cs, rho_p, f, mu,
+              off_r, off_c, min_slope, tol, c_max, out):
+    """Per row: centre eligibility, then every (row offset, column offset) pair streamed
+    along the row into per-pixel float64 sums (n, Σx, Σy, Σx², Σxy, Σcos s) for the OLS;
+    samples are visited in the same order for every pixel, so results do not depend on
+    the thread count."""
+    ny, nx = cos_i.shape
+    tolq = int(round(tol * 10000.0))
+    for i in prange(ny):
+        ok = np.zeros(nx, np.bool_)
+        nd0 = np.zeros(nx, np.int64)
+        cnt = np.zeros(nx, np.int64)
+        sx = np.zeros(nx, np.float64)
+        sy = np.zeros(nx, np.float64)
+        sxx = np.zeros(nx, np.float64)
+        sxy = np.zeros(nx, np.float64)
+        vsum = np.zeros(nx, np.float64)
+        any_ok = False
+        for j in range(nx):
+            ci = cos_i[i, j]
+            s1 = swir1[i, j]
+            s2 = swir2[i, j]
+            if ((qai[i, j] & 1) == 0 and not math.isnan(ci) and ci >= 0.0
+                    and slope[i, j] > min_slope and s1 != toa_nodata and s2 != toa_nodata
+                    and not math.isnan(s1) and not math.isnan(s2)):
+                a1 = s1 * scale
+                a2 = s2 * scale
+                v = (a1 - a2) / (a1 + a2) if (a1 + a2) != 0.0 else 0.0
+                nd0[j] = int(round(v * 10000.0))
+                ok[j] = True
+                any_ok = True
+        if any_ok:
+            for ro in off_r:
+                ii = i + ro
+                if ii < 0 or ii >= ny:
+                    continue
+                for co in off_c:
+                    j0 = max(0, -co)
+                    j1 = min(nx, nx - co)
+                    for j in range(j0, j1):
+                        if not ok[j]:
+                            continue
+                        jj = j + co
+                        q = nd[ii, jj]
+                        if q == _ND_NONE or abs(q - nd0[j]) > tolq:
+                            continue
+                        x = cos_i[ii, jj]
+                        yv = swir2[ii, jj] * scale
+                        cnt[j] += 1
+                        sx[j] += x
+                        sy[j] += yv
+                        sxx[j] += x * x
+                        sxy[j] += x * yv
+                        vsum[j] += cs[ii, jj]
         for j in range(nx):
             ci = cos_i[i, j]
             if (qai[i, j] & 1) or math.isnan(ci) or ci < 0.0:
@@ -316,62 +392,23 @@ def _c_kernel(cos_i, slope, qai, swir1, swir2, scale, toa_nodata, rho_p, f, mu,
             h0 = (math.pi + 2.0 * ts) / (2.0 * math.pi)
             c_theo = h0 * f[i, j] * m_s
             cf = -1.0
-            s1 = swir1[i, j]
-            s2 = swir2[i, j]
-            if (slope[i, j] > min_slope and s1 != toa_nodata and s2 != toa_nodata
-                    and not math.isnan(s1) and not math.isnan(s2)):
-                a1 = s1 * scale
-                a2 = s2 * scale
-                nd0 = (a1 - a2) / (a1 + a2) if (a1 + a2) != 0.0 else 0.0
-                n = 0
-                mx = 0.0
-                my = 0.0
-                m2x = 0.0
-                cxy = 0.0
-                vsum = 0.0
-                for ro in off_r:
-                    ii = i + ro
-                    if ii < 0 or ii >= ny:
-                        continue
-                    for co in off_c:
-                        jj = j + co
-                        if jj < 0 or jj >= nx:
-                            continue
-                        if qai[ii, jj] & exclude:
-                            continue
-                        x = cos_i[ii, jj]
-                        if math.isnan(x) or x < 0.0 or slope[ii, jj] < min_slope:
-                            continue
-                        t1 = swir1[ii, jj]
-                        t2 = swir2[ii, jj]
-                        if t1 == toa_nodata or t2 == toa_nodata or math.isnan(t1) \
-                                or math.isnan(t2):
-                            continue
-                        b1 = t1 * scale
-                        b2 = t2 * scale
-                        nd = (b1 - b2) / (b1 + b2) if (b1 + b2) != 0.0 else 0.0
-                        if abs(nd - nd0) > tol:
-                            continue
-                        # one-pass (Pébay) means, variance and co-moment
-                        n += 1
-                        dx_ = x - mx
-                        mx += dx_ / n
-                        my += (b2 - my) / n
-                        m2x += dx_ * (x - mx)
-                        cxy += dx_ * (b2 - my)
-                        vsum += 0.5 * (1.0 + math.cos(slope[ii, jj]))
-                if n > 2 and m2x > 0.0:
-                    gain = cxy / m2x
-                    offset = my - gain * mx
-                    rp = rho_p[i, j]
-                    if offset < rp and mx > 0.0:
-                        offset = rp
-                        gain = (my - offset) / mx
-                    diffuse = offset - rp              # surface part of the intercept
-                    if gain > 0.0 and diffuse > 0.0:
-                        cf = h0 * diffuse / (gain * (vsum / n))
-                    else:
-                        cf = 0.0
+            n = cnt[j]
+            m2x = sxx[j] - sx[j] * sx[j] / n if n > 0 else 0.0
+            if ok[j] and n > 2 and m2x > 1e-12 * n:
+                mx = sx[j] / n
+                my = sy[j] / n
+                gain = (sxy[j] - sx[j] * sy[j] / n) / m2x
+                offset = my - gain * mx
+                rp = rho_p[i, j]
+                if offset < rp and mx > 0.0:
+                    offset = rp
+                    gain = (my - offset) / mx
+                diffuse = offset - rp              # surface part of the intercept
+                if gain > 0.0 and diffuse > 0.0:
+                    v_mean = 0.5 * (1.0 + vsum[j] / (65535.0 * n))
+                    cf = h0 * diffuse / (gain * v_mean)
+                else:
+                    cf = 0.0
             if cf < c_theo:
                 cf = c_theo
             if cf > c_max:
@@ -448,9 +485,14 @@ def estimate_c_factor(topo: Topography, toa_swir2: np.ndarray, qai: np.ndarray,
     mu = _field(mu_s, shape, "mu_s")
     off_r = c_offsets(grid.dy)
     off_c = c_offsets(grid.dx)
+    nd = np.empty(shape, np.int16)
+    cs = np.zeros(shape, np.uint16)
+    _ndswir_kernel(topo.cos_i, topo.slope, qai, toa_swir1, toa_swir2, scale, nodata,
+                   C_MIN_SLOPE, nd, cs)
     c = np.empty(shape, np.float32)
-    _c_kernel(topo.cos_i, topo.slope, qai, toa_swir1, toa_swir2, scale, nodata, rho_p, f, mu,
-              off_r, off_c, C_MIN_SLOPE, NDSWIR_TOLERANCE, C_MAX, c)
+    _c_kernel(topo.cos_i, topo.slope, qai, toa_swir1, toa_swir2, scale, nodata, nd, cs, rho_p,
+              f, mu, off_r, off_c, C_MIN_SLOPE, NDSWIR_TOLERANCE, C_MAX, c)
+    del nd, cs
     out = np.empty(shape, np.float32)
     _mean3_kernel(c, topo.cos_i, qai, out)
     return out

@@ -358,3 +358,52 @@ def single_scattering_layered(tau_r, tau_a, ssa, p_a, p_r, mu_s, mu_v, frac_r=No
         ra = ra + ssa * tau_a * fa * p_a * g
         above = above + tk
     return rr, ra
+
+
+def rayleigh_polarization_correction(tau_r, mu_out, nstreams: int = 8, ndoubling: int = 20) -> np.ndarray:
+    """Polarisation correction of the Rayleigh reflection: azimuth-averaged (m = 0) intensity
+    reflection of a pure Rayleigh layer from a vector (I, Q) doubling minus the scalar one
+    (no depolarisation in either).  Scalar RT underestimates Rayleigh multiple scattering near
+    nadir by a few percent (≈ 0.0015 reflectance at 550 nm); 6SV is a vector code.
+    Returns ΔR (B, K, K) over ``mu_out`` (rows: outgoing μ, columns: incident μ0)."""
+    tau_r = np.atleast_1d(np.asarray(tau_r, dtype=np.float64))
+    mu_out = np.atleast_1d(np.asarray(mu_out, dtype=np.float64))
+    mu_g, w_g = gauss_nodes(nstreams)
+    mu = np.concatenate([mu_g, mu_out])
+    w = np.concatenate([w_g, np.zeros(mu_out.size)])
+    m = mu.size
+    mi, mj = mu[:, None], mu[None, :]
+    # m = 0 Rayleigh phase matrix in Chandrasekhar's (I_l, I_r) basis → (I, Q)
+    a = 0.75 * (2 * (1 - mi ** 2) * (1 - mj ** 2) + mi ** 2 * mj ** 2)
+    b = 0.75 * mi ** 2 * np.ones_like(mj)
+    c = 0.75 * mj ** 2 * np.ones_like(mi)
+    d_ = 0.75 * np.ones((m, m))
+    pv = np.block([[(a + b + c + d_) / 2, (a + c - b - d_) / 2],
+                   [(a + b - c - d_) / 2, (a - b - c + d_) / 2]])
+    ps = pv[:m, :m]                                         # scalar m = 0 (I–I block)
+
+    def double(p, mus, d):
+        big_a, big_b = mus[:, None], mus[None, :]
+        dt = (tau_r / 2.0 ** ndoubling)[:, None, None]
+        r = p / (4 * (big_a + big_b)) * (1 - np.exp(-dt * (1 / big_a + 1 / big_b)))
+        same = np.abs(big_a - big_b) < 1e-12
+        dm = np.where(same, 1.0, big_a - big_b)
+        t = np.where(same, p * dt / (4 * big_a * big_b) * np.exp(-dt / big_b),
+                     p / (4 * dm) * (np.exp(-dt / big_a) - np.exp(-dt / big_b)))
+        eye = np.eye(mus.size)
+        layer = dt[:, :, 0]
+        for _ in range(ndoubling):
+            e = np.exp(-layer / mus[None, :])
+            q = (r * d) @ r
+            s_ = q @ np.linalg.inv(eye - d[:, None] * q)
+            dn = t + (s_ * d) @ t + s_ * e[:, None, :]
+            up = (r * d) @ dn + r * e[:, None, :]
+            r, t = r + e[:, :, None] * up + (t * d) @ up, e[:, :, None] * dn + t * e[:, None, :] + (t * d) @ dn
+            layer = 2.0 * layer
+        return r
+
+    d1 = 2 * mu * w
+    rv = double(pv, np.concatenate([mu, mu]), np.concatenate([d1, d1]))[:, :m, :m]
+    rs = double(ps, mu, d1)
+    k = nstreams
+    return (rv - rs)[:, k:, k:]

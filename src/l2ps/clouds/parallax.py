@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 from numba import njit, prange
+from scipy import ndimage
 
 CDI_NODATA = np.float32(-9999.0)
 _SIGMA = 0.5
@@ -267,8 +268,17 @@ def cloud_parallax(bits: np.ndarray, b7: np.ndarray, b8a: np.ndarray, gb8: np.nd
     del vmin
     _grow(cdi, cloud)
     ngrown = int(np.count_nonzero(cloud))
+    # texture-less cloud interiors have no parallax signal (both variances ~0): fill the
+    # PCP holes enclosed by the grown clouds (l2ps addition, docs/deviations.d/clouds.md)
+    holes = ndimage.binary_fill_holes(cloud)
+    holes &= ~cloud
+    holes &= (bits & 2) != 0
+    nfilled = int(np.count_nonzero(holes))
+    cloud |= holes
+    del holes
     valid_cdi = cdi[cdi != CDI_NODATA]
-    stats = {"cdi_cells": int(valid_cdi.size), "seeds": nseed, "grown": ngrown}
+    stats = {"cdi_cells": int(valid_cdi.size), "seeds": nseed, "grown": ngrown,
+             "holes_filled": nfilled}
     del cdi, valid_cdi
     _final(bits, cloud)
     return cloud, stats

@@ -20,6 +20,8 @@ MATCH = 0.85              # minimum match of a cloud-height candidate
 DEPTH_WEIGHT = 750.0      # fill depth (×10000) that counts as a full shadow match
 BASE_MIN, BASE_MAX = 200.0, 12000.0    # cloud base search range (m)
 LAPSE_DRY, LAPSE_WET, LAPSE_REDUCED = 0.98, 0.65, 0.1   # K×100 per m
+MIN_DRAW = 0.5            # FORCE draws the best height whenever its match is > 0
+GREEDY = False            # FORCE draws every height with match >= MATCH
 DEPTH_CAP = 750           # a pixel contributes at most 1 to the match (FORCE: no cap)
 BIG_OBJECT = 20000        # objects with at least this many pixels use parallel inner loops
 
@@ -177,8 +179,9 @@ def _match_small(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, ba
                                        cloud, labels, bits, slope0, has_slope)
                     ssum += add
                     tot += cnt
-                match = (ssum / DEPTH_WEIGHT) / tot if tot > 0 else 0.0
-                if match >= MATCH:
+                den = max(tot, (n + 1) // 2)
+                match = (ssum / DEPTH_WEIGHT) / den if tot > 0 else 0.0
+                if GREEDY and match >= MATCH:
                     for m in range(n):
                         h = base
                         if has_temp:
@@ -188,7 +191,7 @@ def _match_small(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, ba
                     best = match
                     bbase = base
                 base += base_step
-            if best > 0 and best < MATCH:
+            if best >= MIN_DRAW and (best < MATCH or not GREEDY):
                 for m in range(n):
                     h = bbase
                     if has_temp:
@@ -233,13 +236,14 @@ def _match_big(k, pr, pc, temp, has_temp, lowtemp, hightemp, base_step, crow, cc
         while base <= bmax:
             ssum, tot = _sum_height(pr, pc, tk, basetemp, has_temp, base, k, crow, ccol, fx, fy,
                                     spr, thr, cloud, labels, bits, slope0, has_slope)
-            match = (ssum / DEPTH_WEIGHT) / tot if tot > 0 else 0.0
-            if match >= MATCH:
+            den = max(tot, (pr.shape[0] + 1) // 2)
+            match = (ssum / DEPTH_WEIGHT) / den if tot > 0 else 0.0
+            if GREEDY and match >= MATCH:
                 _draw_height(pr, pc, tk, basetemp, has_temp, base, crow, ccol, fx, fy, shadow)
             if match > best:
                 best, bbase = match, base
             base += base_step
-        if 0 < best < MATCH:
+        if best >= MIN_DRAW and (best < MATCH or not GREEDY):
             _draw_height(pr, pc, tk, basetemp, has_temp, bbase, crow, ccol, fx, fy, shadow)
     return bbase, best
 

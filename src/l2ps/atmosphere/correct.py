@@ -1,0 +1,371 @@
+"""Atmospheric correction of a scene: TOA → BOA (spec 02 §0 steps 1–6, §1.9, §3.8, §8).
+
+``correct_atmosphere(scene, params)`` is the stage called by the pipeline after cloud detection
+(and co-registration/resolution merge, if any) and before the cube writer.  It
+
+1. builds the elevation levels from ``scene.topography.dem`` (metres on the processing grid;
+   no topography → flat 0 m),
+2. gets the water vapour: Landsat from DIR_WVPLUT / WATER_VAPOR (§2.3), Sentinel-2 per pixel
+   from B8A/B09 (§2.4),
+3. gets the aerosol: the fallback spectrum of §3.1 (default or DIR_AOD file); the dark-target
+   retrieval of §3.3–3.7 is not implemented yet (aerosol QAI = 3 "fill"),
+4. computes the RT terms per 5 km cell × elevation level × band (grid.py),
+5. inverts every output band block-wise on its native grid with a numba kernel
+   (ρ = y/(T + s·y), y = (ρTOA − ρp,g)/Tg, gas-coupled path; optional multiplicative factor
+   hook for topography/BRDF: ρBOA = factor·ρ, §1.9), flags subzero/saturation, applies §8.1's
+   scaling and clipping.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from numba import njit, prange
+from pyproj import Transformer
+
+from .. import qai as Q
+from ..errors import L2psError
+from ..geometry import _weights
+from ..scene import nearest_index
+from . import grid as G
+from .aerosol import fallback_spectrum
+from .constants import band_optics
+from .gas import ozone_amount, water_vapor_from_lut
+from .watervapor import retrieve_water_vapor, water_vapor_map
+
+log = logging.getLogger(__name__)
+
+NODATA = -9999
+ROWS = 512                                   # strip height of the block-wise inversion
+FactorHook = Callable[[str, slice], "np.ndarray | None"]
+
+
+class AtmosphereError(L2psError):
+    """The scene cannot be corrected (e.g. no valid geometry cell)."""
+
+
+@dataclass
+class AtmoResult:
+    """Output of :func:`correct_atmosphere`.
+
+    boa: domain → int16 BOA ×10000 on ``scene.grids[domain]`` (−9999 nodata), output domains only
+    aod: int16 ×1000 green-band AOD on ``scene.grid`` (−9999 nodata)
+    wvp: int16 ×1000 water vapour (g cm⁻²) on ``scene.grid`` (−9999 nodata)
+    """
+    boa: dict[str, np.ndarray]
+    aod: np.ndarray | None
+    wvp: np.ndarray | None
+    aod550_scene: float
+    water_vapor_scene: float
+    n_targets: tuple[int, int]
+    log_fragment: str
+    stats: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------- kernels
+@njit(cache=True, parallel=True)
+def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels, wv_nodes,
+                   pr, pa, tt, s, tgr, tga, tg, factor, out, flags):
+    """Per pixel: bilinear in the coarse cells (NaN cells skipped), linear in elevation levels
+    and water-vapour nodes; homogeneous inversion with the gas-coupled path; factor; §8.1
+    scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata)."""
+    ncy, ncx, nlev = pr.shape
+    nw = wv_nodes.size
+    nr, nc = toa.shape
+    for r in prange(nr):
+        ia = min(max(i0[r], 0), ncy - 1)
+        ib = min(max(i0[r] + 1, 0), ncy - 1)
+        w1 = wi[r]
+        for c in range(nc):
+            flags[r, c] = 0
+            v = toa[r, c]
+            if off[r, c] or v == -9999:
+                out[r, c] = -9999
+                continue
+            # elevation level
+            k0 = 0
+            fk = 0.0
+            if z.size > 0 and nlev > 1:
+                zz = z[r, c]
+                if zz <= levels[0]:
+                    k0 = 0
+                elif zz >= levels[nlev - 1]:
+                    k0 = nlev - 2
+                    fk = 1.0
+                else:
+                    k0 = min(int((zz - levels[0]) / (levels[1] - levels[0])), nlev - 2)
+                    fk = (zz - levels[k0]) / (levels[k0 + 1] - levels[k0])
+            k1 = min(k0 + 1, nlev - 1)
+            # water vapour node
+            q0 = 0
+            fq = 0.0
+            if wv.size > 0 and nw > 1:
+                ww = wv[r, c]
+                if ww >= wv_nodes[nw - 1]:
+                    q0 = nw - 2
+                    fq = 1.0
+                elif ww > wv_nodes[0]:
+                    q0 = min(int((ww - wv_nodes[0]) / (wv_nodes[1] - wv_nodes[0])), nw - 2)
+                    fq = (ww - wv_nodes[q0]) / (wv_nodes[q0 + 1] - wv_nodes[q0])
+            q1 = min(q0 + 1, nw - 1)
+            ja = min(max(j0[c], 0), ncx - 1)
+            jb = min(max(j0[c] + 1, 0), ncx - 1)
+            u1 = wj[c]
+            a_pr = 0.0
+            a_pa = 0.0
+            a_tt = 0.0
+            a_s = 0.0
+            a_tgr = 0.0
+            a_tga = 0.0
+            a_tg = 0.0
+            wsum = 0.0
+            for m in range(4):
+                ii = ia if m < 2 else ib
+                jj = ja if (m % 2) == 0 else jb
+                wc = ((1.0 - w1) if m < 2 else w1) * ((1.0 - u1) if (m % 2) == 0 else u1)
+                if wc <= 0.0 or math.isnan(tt[ii, jj, k0]):
+                    continue
+                for kk in range(2):
+                    k = k0 if kk == 0 else k1
+                    wk = wc * ((1.0 - fk) if kk == 0 else fk)
+                    if wk <= 0.0:
+                        continue
+                    a_pr += wk * pr[ii, jj, k]
+                    a_pa += wk * pa[ii, jj, k]
+                    a_tt += wk * tt[ii, jj, k]
+                    a_s += wk * s[ii, jj, k]
+                    a_tgr += wk * tgr[ii, jj, k]
+                    a_tga += wk * ((1.0 - fq) * tga[ii, jj, k, q0] + fq * tga[ii, jj, k, q1])
+                    a_tg += wk * ((1.0 - fq) * tg[ii, jj, k, q0] + fq * tg[ii, jj, k, q1])
+                    wsum += wk
+            if wsum <= 0.0:
+                # own cell invalid: nodata
+                out[r, c] = -9999
+                flags[r, c] = 4
+                continue
+            y = (v / 10000.0 - (a_tgr * a_pr + a_tga * a_pa) / wsum) / (a_tg / wsum)
+            rho = y / (a_tt / wsum + a_s / wsum * y)
+            if factor.size > 0:
+                rho = rho * factor[r, c]
+            f = 0
+            if rho < 0.0:
+                f |= 1
+            if rho > 1.0:
+                f |= 2
+            if erase[r, c]:
+                out[r, c] = -9999
+            elif rho < -1.0:
+                out[r, c] = -9999
+                f |= 4
+            elif rho * 10000.0 > 32767.0:
+                out[r, c] = 32767
+            else:
+                out[r, c] = np.int16(rho * 10000.0)     # truncation toward zero (spec 02 §8.1)
+            flags[r, c] = f
+
+
+# --------------------------------------------------------------------------------- helpers
+def _cell_lonlat(coarse) -> tuple[np.ndarray, np.ndarray]:
+    x = coarse.x0 + (np.arange(coarse.nx) + 0.5) * coarse.dx
+    y = coarse.y0 - (np.arange(coarse.ny) + 0.5) * coarse.dy
+    xx, yy = np.meshgrid(x, y)
+    tr = Transformer.from_crs(coarse.crs, "EPSG:4326", always_xy=True)
+    lon, lat = tr.transform(xx, yy)
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _dem_km(scene) -> np.ndarray | None:
+    topo = scene.topography
+    dem = getattr(topo, "dem", None) if topo is not None else None
+    if dem is None:
+        return None
+    return np.asarray(dem)
+
+
+def _dem_stats(dem, qai) -> tuple[float, float, float]:
+    if dem is None:
+        return 0.0, 0.0, 0.0
+    zmin, zmax, zsum, n = math.inf, -math.inf, 0.0, 0
+    for r0 in range(0, dem.shape[0], ROWS):
+        d = dem[r0:r0 + ROWS].astype(np.float32)
+        ok = np.isfinite(d) & ((qai[r0:r0 + ROWS] & 1) == 0)
+        if ok.any():
+            v = d[ok]
+            zmin, zmax = min(zmin, float(v.min())), max(zmax, float(v.max()))
+            zsum += float(v.sum(dtype=np.float64))
+            n += v.size
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    return zmin / 1000.0, zmax / 1000.0, zsum / n / 1000.0
+
+
+def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> AtmoResult:
+    """Atmospheric correction of ``scene`` (see module docstring).  Sets QAI bits in
+    ``scene.qai``: aerosol (6–7), subzero (8), saturation (9), water-vapour fill (14, S2), and
+    nodata where ρ < −1.  ``factor_hook(domain, rows)`` may return a float32 array (rows of the
+    band's native grid × its columns) multiplied onto ρ (topographic × BRDF factor), or None."""
+    stats: dict[str, float] = {}
+    t0 = time.perf_counter()
+    geom = scene.geometry
+    coarse = geom.grid
+    sensor = scene.sensor
+    acquired = scene.level1.acquired
+    doy = int(acquired.timetuple().tm_yday)
+    sz, sa = np.asarray(geom.sun_zenith, float), np.asarray(geom.sun_azimuth, float)
+    vz, va = np.asarray(geom.view_zenith, float), np.asarray(geom.view_azimuth, float)
+    valid_cells = np.isfinite(sz) & np.isfinite(vz)
+    if not valid_cells.any():
+        raise AtmosphereError(f"{scene.level1.path if hasattr(scene.level1, 'path') else sensor}: "
+                              "no coarse cell with valid sun/view geometry")
+    lon, lat = _cell_lonlat(coarse)
+    clon, clat = float(np.mean(lon[valid_cells])), float(np.mean(lat[valid_cells]))
+    ozone = ozone_amount(lon, lat, doy)
+
+    dem = _dem_km(scene)
+    zmin, zmax, zmean = _dem_stats(dem, scene.qai)
+    levels = G.elevation_levels(zmin, zmax)
+
+    # aerosol: fallback spectrum (DO_AOD = TRUE falls back too until dark targets exist)
+    spectrum = fallback_spectrum(getattr(params, "dir_aod", None), doy, clon, clat)
+    aod_note = "" if not params.do_aod else " (dark-target retrieval not implemented: fallback)"
+
+    is_s2 = sensor.startswith("SEN2")
+    domains = [d for d in scene.spec.output_domains if d in scene.toa]
+    multi = bool(params.multi_scattering)
+
+    def band_rt(domain, wv):
+        opt = band_optics(sensor, domain)
+        aod_eq = float(spectrum.tau(opt.wavelength)) / opt.tau_a_per_aod550
+        return G.compute_band_rt(opt, sz, sa, vz, va, levels, aod_eq, zmean, wv, ozone, multi)
+
+    # water vapour
+    t1 = time.perf_counter()
+    wvp_map = None
+    if is_s2:
+        if not (scene.has("NIR") and scene.has("VAPOR")):
+            raise AtmosphereError(f"{sensor}: water vapour retrieval needs bands B8A (NIR) and B09 (VAPOR)")
+        rt8, rt9 = band_rt("NIR", G.WV_NODES), band_rt("VAPOR", G.WV_NODES)
+        w09 = retrieve_water_vapor(scene, rt8, rt9, lambda g: _level_index(scene, dem, levels, g),
+                                   lambda g: _cell_index(coarse, g))
+        wvp_map, wv_scene, n_fill = water_vapor_map(scene, w09, params.water_vapor)
+        wv_source = f"S2 B8A/B09 ({int(np.isfinite(w09).sum())} retrievals, {n_fill} pixels filled)"
+        wv_nodes = G.WV_NODES
+    else:
+        wvv = water_vapor_from_lut(getattr(params, "dir_wvplut", None), acquired.date(), clon, clat,
+                                   default=params.water_vapor, strict=params.strict_water_vapor)
+        wv_scene, wv_source, wv_nodes = wvv.value, wvv.source, float(wvv.value)
+    stats["water_vapor"] = time.perf_counter() - t1
+    stats["aod"] = 0.0
+
+    # RT grid
+    t1 = time.perf_counter()
+    rts = {d: band_rt(d, wv_nodes) for d in domains}
+    stats["radiative_transfer"] = time.perf_counter() - t1
+    stats["adjacency"] = 0.0
+    if getattr(params, "adjacency_effect", False):
+        log.warning("ADJACENCY_EFFECT = TRUE: adjacency correction not implemented yet; ignored")
+
+    # inversion, block-wise on each band's native grid
+    t1 = time.perf_counter()
+    boa: dict[str, np.ndarray] = {}
+    sub = np.zeros(scene.grid.shape, np.uint8)      # bit 0 subzero, 1 saturation, 2 → nodata
+    erase_clouds = bool(getattr(params, "erase_clouds", False))
+    for d in domains:
+        g = scene.grids[d]
+        brt = rts[d]
+        toa = scene.toa[d]
+        out = np.empty(toa.shape, np.int16)
+        flags = np.empty(toa.shape, np.uint8)
+        rq, cq = nearest_index(scene.grid, g)
+        tt = (brt.t_sun * brt.t_view).astype(np.float32)
+        for r0 in range(0, g.ny, ROWS):
+            r1 = min(g.ny, r0 + ROWS)
+            qb = scene.qai[rq[r0:r1][:, None], cq[None, :]]
+            off = (qb & 1) != 0
+            erase = (Q.get_field(qb, Q.CLOUD) == 2) if erase_clouds else np.zeros(qb.shape, bool)
+            zb = _z_block(dem, rq[r0:r1], cq)
+            wb = (wvp_map[rq[r0:r1][:, None], cq[None, :]].astype(np.float32) / 1000.0
+                  if wvp_map is not None else np.zeros((0, 0), np.float32))
+            fac = factor_hook(d, slice(r0, r1)) if factor_hook is not None else None
+            fac = np.zeros((0, 0), np.float32) if fac is None else np.asarray(fac, np.float32)
+            own_i, i0, wi, own_j, j0, wj = _weights(coarse, g, r0, r1)
+            _invert_kernel(toa[r0:r1], off, erase, zb, wb, own_i, i0, wi, own_j, j0, wj,
+                           levels, np.atleast_1d(brt.wv), brt.path_r, brt.path_a, tt, brt.s,
+                           brt.tg_ray, brt.tg_aer, brt.tg, fac, out[r0:r1], flags[r0:r1])
+        boa[d] = out
+        # flags back to the processing grid (nearest: the band pixel under each centre)
+        rb, cb = nearest_index(g, scene.grid)
+        for r0 in range(0, scene.grid.ny, ROWS):
+            sub[r0:r0 + ROWS] |= flags[rb[r0:r0 + ROWS][:, None], cb[None, :]]
+    # QAI: subzero, saturation, ρ < −1 → nodata; then all bands nodata where OFF
+    for r0 in range(0, scene.grid.ny, ROWS):
+        blk, f = scene.qai[r0:r0 + ROWS], sub[r0:r0 + ROWS]
+        Q.set_flag(blk, Q.SUBZERO, (f & 1) != 0)
+        Q.set_flag(blk, Q.SATURATION, (f & 2) != 0)
+        Q.set_flag(blk, Q.NODATA, (f & 4) != 0)
+    if (sub & 4).any():
+        for d in domains:
+            g = scene.grids[d]
+            rq, cq = nearest_index(scene.grid, g)
+            for r0 in range(0, g.ny, ROWS):
+                offb = (scene.qai[rq[r0:r0 + ROWS][:, None], cq[None, :]] & 1) != 0
+                boa[d][r0:r0 + ROWS][offb] = NODATA
+    stats["inversion"] = time.perf_counter() - t1
+
+    # aerosol QAI (no AOD map: 3 = fill) and AOD product (green band at pixel elevation)
+    valid = (scene.qai & 1) == 0
+    Q.set_field(scene.qai, Q.AEROSOL, 3, valid)
+    green = "GREEN" if "GREEN" in rts else domains[0]
+    opt_g = band_optics(sensor, green)
+    tau_green = float(spectrum.tau(opt_g.wavelength))
+    aod = np.empty(scene.grid.shape, np.int16)
+    for r0 in range(0, scene.grid.ny, ROWS):
+        rows = np.arange(r0, min(scene.grid.ny, r0 + ROWS))
+        if dem is None:
+            blk = np.full((rows.size, scene.grid.nx), tau_green, np.float32)
+        else:
+            z = np.asarray(dem[r0:r0 + ROWS], np.float32) / 1000.0
+            blk = (tau_green * np.exp(-(np.where(np.isfinite(z), z, zmean) - zmean)
+                                      / G.AEROSOL_SCALE_HEIGHT_KM)).astype(np.float32)
+        a = (blk * 1000.0).astype(np.int16)
+        a[~valid[r0:r0 + ROWS]] = NODATA
+        aod[r0:r0 + ROWS] = a
+    if wvp_map is None:
+        wvp_map = np.where(valid, np.int16(min(32767, int(wv_scene * 1000.0))), np.int16(NODATA)).astype(np.int16)
+    else:
+        wvp_map[~valid] = NODATA
+    stats["total"] = time.perf_counter() - t0
+    frag = f"AOD: {tau_green:.4f}. # of targets: 0/0. "
+    stats["water_vapor_source"] = wv_source
+    stats["aod_source"] = spectrum.source + aod_note
+    stats["levels"] = int(levels.size)
+    return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=spectrum.aod550,
+                      water_vapor_scene=float(wv_scene), n_targets=(0, 0), log_fragment=frag,
+                      stats=stats)
+
+
+def _z_block(dem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    if dem is None:
+        return np.zeros((0, 0), np.float32)
+    z = np.asarray(dem[rows[:, None], cols[None, :]], np.float32) / 1000.0
+    return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+
+
+def _level_index(scene, dem, levels, g) -> np.ndarray:
+    """Nearest elevation level per pixel of grid ``g``."""
+    if dem is None or levels.size == 1:
+        return np.zeros(g.shape, np.int64)
+    rq, cq = nearest_index(scene.grid, g)
+    z = _z_block(dem, rq, cq)
+    step = levels[1] - levels[0]
+    return np.clip(np.rint((z - levels[0]) / step), 0, levels.size - 1).astype(np.int64)
+
+
+def _cell_index(coarse, g) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest coarse cell (row index per row, column index per column) of grid ``g``."""
+    own_i, _, _, own_j, _, _ = _weights(coarse, g, 0, g.ny)
+    return own_i.astype(np.int64), own_j.astype(np.int64)
