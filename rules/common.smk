@@ -40,6 +40,15 @@ LOGDIR = str(PRM.dir_log)
 _IDS = QUEUE.image_ids()
 PENDING = {i: e for i, e in _IDS.items() if e.status == "QUEUED"}
 RUNS = {i: next_run_number(PRM.dir_log, i) for i in PENDING}
+if not PENDING:
+    # nothing to do is not an error (exit 0), but say why
+    _c = QUEUE.counts()
+    logger.warning(
+        f"l2ps: nothing to do: no QUEUED image in {PRM.file_queue} "
+        + (f"({_c['DONE']} DONE, {_c['FAIL']} FAIL). Set a line to QUEUED to (re)process "
+           "that image." if QUEUE.entries else "(the queue is empty). Add images with "
+           f"`l2ps queue DIR... -o {PRM.file_queue}`.")
+    )
 
 
 def pending_records():

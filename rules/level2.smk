@@ -15,9 +15,10 @@ rule level2:
         version=l2ps.__version__,
         tempdir=str(PRM.dir_temp),
     threads: PRM.nthread
+    # memory by sensor family (config.yaml `mem_mb`); wall time, partition and account
+    # come from the profile's default-resources (profiles/slurm), the one place for them
     resources:
         mem_mb=mem_mb,
-        runtime=config.get("runtime_min", 60),
     wildcard_constraints:
         image=r"[^/]+",
         run=r"\d{4}",

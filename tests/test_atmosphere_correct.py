@@ -157,3 +157,14 @@ def test_sentinel2_water_vapour_is_retrieved(s2_scene):
     b = res.boa["GREEN"][60:, 60:] / 10000
     assert np.median(b) == pytest.approx(0.3, abs=0.002)
     assert res.boa["SWIR1"].shape == scene.toa["SWIR1"].shape    # native 20 m grid
+
+
+def test_adjacency_on_uniform_surface_equals_homogeneous(landsat_scene):
+    scene = landsat_scene
+    for d in scene.spec.output_domains:
+        scene.toa[d] = _forward(scene, d, np.full(scene.toa[d].shape, 0.25), 2.0, 2.0)
+    scene.qai[:] = 0
+    res = correct_atmosphere(scene, params(adjacency_effect=True))
+    for d in scene.spec.output_domains:
+        assert np.abs(res.boa[d].astype(int) - 2500).max() <= 5, d
+    assert res.stats["adjacency"] > 0

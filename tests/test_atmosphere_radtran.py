@@ -94,7 +94,7 @@ def test_doubling_conserves_energy_without_absorption():
     solver = rt.DoublingSolver(_hg_moments(0.7, 40), 1.0, mu)
     out = solver.solve(np.array([0.1, 0.0]), np.array([0.5, 1.0]))
     # flux reflected + flux transmitted = 1 for every incidence (no absorption)
-    refl = np.einsum("bij,i->bj", out["R"], solver.d)
+    refl = np.einsum("bij,i->bj", out["R"][0], solver.d)
     np.testing.assert_allclose(refl + out["t_total"], 1.0, atol=2e-4)
 
 
@@ -105,7 +105,7 @@ def test_doubling_rayleigh_thin_layer_is_single_scattering():
     out = solver.solve(np.array([tau]), np.array([0.0]))
     n = solver.n
     # azimuth-averaged Rayleigh single scattering: (1 + 0.1·(3μ²−1)(3μ0²−1)/4·... ) via moments
-    r = out["R"][0, n + 1, n]
+    r = out["R"][0][0, n + 1, n]
     p0 = 1 + 5 * solver.chi_r[2] * 0.25 * (3 * 0.81 - 1) * (3 * 0.36 - 1)
     assert r == pytest.approx(tau * p0 / (4 * 0.6 * 0.9), rel=1e-3)
 

@@ -368,7 +368,8 @@ def test_enospc_keeps_existing_file_and_leaves_no_temp(tmp_path, monkeypatch):
     def full_disk(path, *a, **k):
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(formats, "write_raster", full_disk)
+    for writer in ("write_raster", "write_tile", "write_window"):   # every file writer
+        monkeypatch.setattr(formats, writer, full_disk)
     with pytest.raises(OutputError, match=r"LND08_QAI\.tif.*No space left"):
         write(Image(10, 15, seed=5), tmp_path, "A")
     assert f.read_bytes() == before[f]
@@ -462,3 +463,128 @@ def test_no_reproj_tiles_native_grid_and_resamples_other_pixel_phases(tmp_path):
     with pytest.raises(GridError, match="ORIGIN_MAP_X"):
         write_cube(image(500010.0, 5761020.0, 1), level1_id="C", date="20200103",
                    sensor="LND08", params=dict(p, ORIGIN_LON=15.5), out_dir=tmp_path)
+
+
+# ------------------------------------------------- sparse tiles (data windows only)
+BIG_PX = 4096                                                # one tile of 4096² px
+BIG = Datacube.from_origin_map(WKT, OX, OY, BIG_PX * RES, BIG_PX * RES)
+
+
+def write_big(img, out, level1_id, fmt="GTiff"):
+    return write_cube(img.products(), level1_id=level1_id, date="20200101", sensor="LND08",
+                      params=params(OUTPUT_FORMAT=fmt, TILE_SIZE=[BIG_PX * RES] * 2),
+                      cubes=[BIG], out_dir=out)
+
+
+def big_expected(*imgs):
+    """Expected (1 + bands) values of the tile on the union box of the images, and the box."""
+    r0, c0 = min(i.row for i in imgs), min(i.col for i in imgs)
+    r1 = max(i.row + i.qai.shape[0] for i in imgs)
+    c1 = max(i.col + i.qai.shape[1] for i in imgs)
+    cs = []
+    for i in imgs:
+        c = np.full((1 + len(BANDS), r1 - r0, c1 - c0), -9999, np.int64)
+        c[0] = 1
+        sl = (slice(i.row - r0, i.row - r0 + i.qai.shape[0]), slice(i.col - c0, i.col - c0 + i.qai.shape[1]))
+        c[0][sl] = i.qai
+        for k, b in enumerate(i.boa):
+            c[1 + k][sl] = b
+        cs.append(c)
+    out = np.full_like(cs[0], -9999)
+    out[0] = qai.merge(np.stack([c[0] for c in cs]).astype(np.uint16))
+    for b in range(1, out.shape[0]):
+        st = np.stack([c[b] for c in cs])
+        n = (st != -9999).sum(0)
+        s = np.where(st != -9999, st, 0).sum(0)
+        out[b][n > 0] = np.trunc(s[n > 0] / n[n > 0])
+    return out, (r0, c0, r1, c1)
+
+
+def read_full(path):
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.mark.parametrize("fmt", ["COG", "GTiff"])
+def test_sparse_tile_nodata_outside_data_window_and_data_inside(tmp_path, fmt):
+    img = Image(1000, 1500, ny=100, nx=120, seed=4)
+    r = write_big(img, tmp_path, "A", fmt)
+    assert r.tiles_written == ["X0000_Y0000"]
+    f = tmp_path / "X0000_Y0000" / "20200101_LEVEL2_LND08_BOA.tif"
+    with rasterio.open(f) as ds:
+        assert (ds.width, ds.height, ds.count) == (BIG_PX, BIG_PX, 6)      # tile-sized on disk
+        assert ds.tags(ns="L2PS")["DATA_WINDOW"] == "768 1280 512 512"     # 256-aligned box
+        if fmt == "COG":
+            assert ds.overviews(1) == [2, 4, 8, 16]
+    if fmt == "COG":
+        assert is_cog(f)
+    full = read_full(f)
+    inside = np.zeros((BIG_PX, BIG_PX), bool)
+    inside[1000:1100, 1500:1620] = True
+    assert np.all(full[:, ~inside] == -9999)
+    np.testing.assert_array_equal(full[:, 1000:1100, 1500:1620], np.stack(img.boa))
+    q = read_full(f.with_name("20200101_LEVEL2_LND08_QAI.tif"))[0]
+    assert np.all(q[~inside] == 1)
+    np.testing.assert_array_equal(q[1000:1100, 1500:1620], img.qai.astype(np.int16))
+    # sparse: far smaller than the 4096² x 6 x 2 bytes = 201 MB the tile holds
+    assert f.stat().st_size < 2_000_000
+
+
+def test_contrib_chips_are_window_sized(tmp_path):
+    a, b = Image(1000, 1500, ny=100, nx=120, seed=1), Image(1050, 1590, ny=300, nx=100, seed=2)
+    write_big(a, tmp_path, "A")
+    write_big(b, tmp_path, "B")
+    cdir = tmp_path / "X0000_Y0000" / ".contrib" / "20200101_LEVEL2_LND08"
+    with rasterio.open(cdir / "A_BOA.tif") as ds:
+        assert (ds.height, ds.width, ds.count) == (512, 512, 6)
+        assert (ds.transform.c, ds.transform.f) == (OX + 1280 * RES, OY - 768 * RES)
+        assert ds.tags(ns="L2PS")["WINDOW"] == "768 1280 512 512"
+        np.testing.assert_array_equal(ds.read()[:, 232:332, 220:340], np.stack(a.boa))
+    with rasterio.open(cdir / "B_QAI.tif") as ds:
+        assert (ds.height, ds.width) == (512, 256)                       # rows 1024..1536
+        assert ds.tags(ns="L2PS")["WINDOW"] == "1024 1536 512 256"
+    f = tmp_path / "X0000_Y0000" / "20200101_LEVEL2_LND08_BOA.tif"
+    with rasterio.open(f) as ds:
+        assert ds.tags(ns="L2PS")["DATA_WINDOW"] == "768 1280 768 512"
+        assert ds.tags(ns="L2PS")["CONTRIBUTORS"] == "A;B"
+
+
+@pytest.mark.parametrize("fmt", ["GTiff", "COG"])
+def test_merge_into_big_tile_touches_only_the_window(tmp_path, fmt):
+    import tracemalloc
+    a, b = Image(1000, 1500, ny=100, nx=120, seed=1), Image(1050, 1590, ny=300, nx=100, seed=2)
+    c = Image(3000, 300, ny=60, nx=50, seed=3)                 # far away: its own window
+    write_big(a, tmp_path, "A", fmt)
+    write_big(c, tmp_path, "C", fmt)
+    tracemalloc.start()
+    try:
+        write_big(b, tmp_path, "B", fmt)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # one band of the tile is 4096² x 2 bytes = 32 MiB; the merge works on 768 x 512 windows
+    assert peak < 8 * 2**20
+    f = tmp_path / "X0000_Y0000" / "20200101_LEVEL2_LND08_BOA.tif"
+    full = np.concatenate([read_full(f.with_name("20200101_LEVEL2_LND08_QAI.tif")),
+                           read_full(f)]).astype(np.int64)
+    exp_ab, (r0, c0, r1, c1) = big_expected(a, b)
+    np.testing.assert_array_equal(full[:, r0:r1, c0:c1], exp_ab)
+    exp_c, (s0, d0, s1, d1) = big_expected(c)
+    np.testing.assert_array_equal(full[:, s0:s1, d0:d1], exp_c)
+    outside = np.ones((BIG_PX, BIG_PX), bool)
+    outside[r0:r1, c0:c1] = outside[s0:s1, d0:d1] = False
+    assert np.all(full[0][outside] == 1) and np.all(full[1:, outside] == -9999)
+    if fmt == "COG":
+        assert is_cog(f)
+        # the overviews assembled from window overviews equal GDAL's over the whole tile
+        from rasterio.enums import Resampling
+        g = tmp_path / "check.tif"
+        with rasterio.open(f) as ds:
+            prof = dict(ds.profile, driver="GTiff", tiled=True, blockxsize=256, blockysize=256)
+            with rasterio.open(g, "w", **prof) as out:
+                out.write(ds.read())
+                out.build_overviews([2, 4, 8, 16], Resampling.average)
+            levels = ds.overviews(1)
+        for k, fct in enumerate(levels):
+            with rasterio.open(f, overview_level=k) as o1, rasterio.open(g, overview_level=k) as o2:
+                np.testing.assert_array_equal(o1.read(), o2.read())

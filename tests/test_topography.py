@@ -419,3 +419,22 @@ def test_compile_topography_on_a_synthetic_landsat_product(tmp_path):
     ill = Q.get_field(qai, Q.ILLUMINATION)[valid]
     ci = topo.cos_i[valid]
     np.testing.assert_array_equal(ill == 3, ci < 0)
+
+
+def test_c_factor_independent_of_thread_count(relief):
+    import numba
+    grid = relief.grid
+    topo = T.topography_from_dem(relief.z().astype(np.float32), grid, make_geometry(grid, 40.0),
+                                 Q.empty(grid.shape))
+    rng = np.random.default_rng(3)
+    sw2 = (900 + 400 * np.nan_to_num(topo.cos_i) + rng.normal(0, 30, grid.shape)).astype(np.int16)
+    sw1 = (sw2 * 1.6 + rng.normal(0, 30, grid.shape)).astype(np.int16)
+    qai = Q.empty(grid.shape)
+    run = lambda: T.estimate_c_factor(topo, sw2, qai, 0.002, 0.03, 0.77, toa_swir1=sw1)  # noqa
+    n0 = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+    finally:
+        numba.set_num_threads(n0)
+    np.testing.assert_array_equal(one, run())

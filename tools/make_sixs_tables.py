@@ -201,35 +201,63 @@ def build_band(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarr
     return out
 
 
-def build_gas(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarray]:
+def build_gas(band: str, g: dict, jobs: int, wfrac: dict,
+              existing: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Gas transmittances on (airmass, wv above target, elev) from aerosol-free 6S runs.
 
     tg      all gases, sun -> surface -> sensor (attenuates the surface term)
     tg_h2o  water vapour alone
     tg_ray  all gases but H2O (attenuates the Rayleigh part of the path reflectance)
-    tg_aer  all gases with half the H2O column (attenuates the aerosol part of the path)
+    tg_aer  all gases with half the H2O column (attenuates the aerosol part of the path):
+            tg at w/2, interpolated linearly in sqrt(w) on the nodes 0, wv[0]/2 and the wv axis
     The path split reproduces 6S's default coupling ("water vapour mixed with aerosol").
+    ``existing`` may hold tg and tg_h2o of an earlier run of the same grid (reused).
     """
     am, wv, elev = (np.asarray(g[k], float) for k in ("airmass", "wv", "elev"))
-    t_full = [(band, float(x), float(w), float(z), wfrac[float(z)], g["ozone"])
-              for x in am for w in wv for z in elev]
-    t_half = [(band, float(x), 0.5 * float(w), float(z), wfrac[float(z)], g["ozone"])
-              for x in am for w in wv for z in elev]
-    t_dry = [(band, float(x), 0.0, float(z), wfrac[float(z)], g["ozone"]) for x in am for z in elev]
-    res = np.asarray(_map(run_gas, t_full + t_half + t_dry, jobs))
-    n = len(t_full)
-    full = res[:n].reshape(len(am), len(wv), len(elev), 2)
-    half = res[n:2 * n].reshape(len(am), len(wv), len(elev), 2)
-    dry = res[2 * n:].reshape(len(am), 1, len(elev), 2)
+    shape = (len(am), len(wv), len(elev))
+    if existing is not None and existing.get("tg", np.zeros(0)).shape == shape:
+        tg, tg_h2o = existing["tg"].astype(float), existing["tg_h2o"].astype(float)
+    else:
+        t_full = [(band, float(x), float(w), float(z), wfrac[float(z)], g["ozone"])
+                  for x in am for w in wv for z in elev]
+        full = np.asarray(_map(run_gas, t_full, jobs)).reshape(shape + (2,))
+        tg, tg_h2o = full[..., 0], full[..., 1]
+    # extra nodes: no H2O, and half the first wv node (below the axis)
+    t_dry = [(band, float(x), w, float(z), wfrac[float(z)], g["ozone"])
+             for w in (0.0, 0.5 * float(wv[0])) for x in am for z in elev]
+    dry = np.asarray(_map(run_gas, t_dry, jobs)).reshape(2, len(am), len(elev), 2)[..., 0]
+    root = np.sqrt(np.concatenate([[0.0, 0.5 * wv[0]], wv]))
+    tg_aer = np.empty(shape)
+    for i in range(len(am)):
+        for k in range(len(elev)):
+            tg_aer[i, :, k] = np.interp(np.sqrt(0.5 * wv), root,
+                                        np.concatenate([dry[:, i, k], tg[i, :, k]]))
+    dry = dry[0]
     # band solar irradiance of 6S's spectrum at 1 AU (the runs are for 1 January)
     o = _sixs(band, 0.0, 0.0, 0.0, None, 0.0)
     e0 = o.int_solar_spectrum / o.int_funct_filt * (1.0 - 0.01673 * math.cos(0.0172 * (1 - 4))) ** 2
-    return {"tg": full[..., 0], "tg_h2o": full[..., 1], "tg_aer": half[..., 0],
-            "tg_ray": np.broadcast_to(dry[..., 0], full[..., 0].shape).copy(),
-            "e0": np.array(e0)}
+    return {"tg": tg, "tg_h2o": tg_h2o, "tg_aer": tg_aer,
+            "tg_ray": np.broadcast_to(dry[:, None, :], shape).copy(), "e0": np.array(e0)}
 
 
-def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: bool = False) -> None:
+def _cached(cache: Path | None, name: str, g: dict, func):
+    """Results of ``func()`` cached as ``cache/name-<grid hash>.npz`` (resumable generation)."""
+    if cache is None:
+        return func()
+    import hashlib
+    h = hashlib.sha1(json.dumps(g, sort_keys=True).encode()).hexdigest()[:10]
+    f = cache / f"{name}-{h}.npz"
+    if f.exists():
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+    res = func()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, **res)
+    return res
+
+
+def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: bool = False,
+             cache: Path | None = None) -> None:
     t0 = time.time()
     wfrac = {float(z): water_fraction(float(z))[0] for z in g["elev"]}
     arrays: dict[str, np.ndarray] = {}
@@ -240,7 +268,10 @@ def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: b
         for domain, band in TABLE_SENSORS[ts]:
             tb = time.time()
             res = {} if only_gas else build_band(band, g, jobs, wfrac)
-            res.update(build_gas(band, g, jobs, wfrac))
+            old = {k: arrays[f"{ts}.{domain}.{k}"] for k in ("tg", "tg_h2o")
+                   if f"{ts}.{domain}.{k}" in arrays} if only_gas else None
+            res.update(_cached(cache, f"{band}.gas", g,
+                               lambda: build_gas(band, g, jobs, wfrac, old)))
             for k, v in res.items():
                 arrays[f"{ts}.{domain}.{k}"] = np.asarray(v, np.float32)
             print(f"{ts:5s} {domain:10s} {band:16s} {time.time() - tb:7.1f} s", flush=True)
@@ -382,6 +413,8 @@ def main(argv=None) -> int:
                    help="instead of generating: compare N random cases of --output with direct 6S")
     p.add_argument("--only-gas", action="store_true",
                    help="recompute only the gas tables of an existing --output file")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="directory to keep per-band gas results in (resume an interrupted run)")
     p.add_argument("--composition", action="store_true",
                    help="instead of generating: check the TOA formula against 6S (a few runs)")
     a = p.parse_args(argv)
@@ -391,7 +424,8 @@ def main(argv=None) -> int:
     elif a.verify:
         verify(a.output, a.verify, a.jobs)
     else:
-        generate(QUICK_GRID if a.quick else FULL_GRID, a.sensors, a.jobs, a.output, a.only_gas)
+        generate(QUICK_GRID if a.quick else FULL_GRID, a.sensors, a.jobs, a.output, a.only_gas,
+                 a.cache)
     print(f"total {time.time() - t0:.1f} s")
     return 0
 

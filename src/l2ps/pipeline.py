@@ -129,6 +129,10 @@ def prepare_scene(level1: Level1, params: Parameters, timer: StageTimer | None =
         apply_toa_nodata(toa, qai, spec)
     scene = Scene(level1=level1, grid=grid, toa=toa,
                   grids={d: level1.bands[d].grid for d in toa}, qai=qai, geometry=geometry)
+    with timer("topography"):
+        from .topography import compile_topography
+        # DEM (or flat 0 m), slope, aspect, illumination; QAI nodata/slope/illumination bits
+        scene.topography = compile_topography(scene, params)
     return scene
 
 
@@ -148,6 +152,10 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     fragments.append(f"dc: {dc:6.2f}%. wc: {wc:6.2f}%. sc: {sc:6.2f}%. cc: {cc:6.2f}%.")
     record = {"data_cover": round(dc, 2), "water_cover": round(wc, 2),
               "snow_cover": round(sc, 2), "cloud_cover": round(cc, 2)}
+    topo = scene.topography
+    if topo is not None and getattr(topo, "source", None) is not None:
+        record["dem"] = {"file": str(topo.source), "coverage": getattr(topo, "coverage", None),
+                         "min_km": topo.dem_min_km, "max_km": topo.dem_max_km}
     if cc > params.max_cloud_cover_frame:
         fragments.append("Skip.")
         record.update({"skipped": True, "reason": f"too cloudy: {cc:.2f} % > "

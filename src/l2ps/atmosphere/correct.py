@@ -9,6 +9,7 @@
    from B8A/B09 (§2.4),
 3. gets the aerosol: the fallback spectrum of §3.1 (default or DIR_AOD file); the dark-target
    retrieval of §3.3–3.7 is not implemented yet (aerosol QAI = 3 "fill"),
+   (ADJACENCY_EFFECT: background reflectance of §4 from a provisional homogeneous BOA),
 4. computes the RT terms per 5 km cell × elevation level × band (grid.py),
 5. inverts every output band block-wise on its native grid with a numba kernel
    (ρ = y/(T + s·y), y = (ρTOA − ρp,g)/Tg, gas-coupled path; optional multiplicative factor
@@ -32,6 +33,7 @@ from ..errors import L2psError
 from ..geometry import _weights
 from ..scene import nearest_index
 from . import grid as G
+from .adjacency import background_reflectance
 from .aerosol import fallback_spectrum
 from .constants import band_optics
 from .gas import ozone_amount, water_vapor_from_lut
@@ -69,10 +71,11 @@ class AtmoResult:
 # --------------------------------------------------------------------------------- kernels
 @njit(cache=True, parallel=True)
 def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels, wv_nodes,
-                   pr, pa, tt, s, tgr, tga, tg, factor, out, flags):
+                   pr, pa, tt, s, tgr, tga, tg, ts, tv, tdv, rho_b, factor, out, flags):
     """Per pixel: bilinear in the coarse cells (NaN cells skipped), linear in elevation levels
-    and water-vapour nodes; homogeneous inversion with the gas-coupled path; factor; §8.1
-    scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata)."""
+    and water-vapour nodes; homogeneous inversion with the gas-coupled path, or with a
+    background reflectance ``rho_b`` (int16 ×10000, empty = homogeneous; spec 02 §1.9, §4);
+    factor; §8.1 scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata)."""
     ncy, ncx, nlev = pr.shape
     nw = wv_nodes.size
     nr, nc = toa.shape
@@ -122,6 +125,9 @@ def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels,
             a_tgr = 0.0
             a_tga = 0.0
             a_tg = 0.0
+            a_ts = 0.0
+            a_tv = 0.0
+            a_tdv = 0.0
             wsum = 0.0
             for m in range(4):
                 ii = ia if m < 2 else ib
@@ -141,6 +147,9 @@ def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels,
                     a_tgr += wk * tgr[ii, jj, k]
                     a_tga += wk * ((1.0 - fq) * tga[ii, jj, k, q0] + fq * tga[ii, jj, k, q1])
                     a_tg += wk * ((1.0 - fq) * tg[ii, jj, k, q0] + fq * tg[ii, jj, k, q1])
+                    a_ts += wk * ts[ii, jj, k]
+                    a_tv += wk * tv[ii, jj, k]
+                    a_tdv += wk * tdv[ii, jj, k]
                     wsum += wk
             if wsum <= 0.0:
                 # own cell invalid: nodata
@@ -148,7 +157,12 @@ def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels,
                 flags[r, c] = 4
                 continue
             y = (v / 10000.0 - (a_tgr * a_pr + a_tga * a_pa) / wsum) / (a_tg / wsum)
-            rho = y / (a_tt / wsum + a_s / wsum * y)
+            if rho_b.size > 0 and rho_b[r, c] != -9999:
+                rb = rho_b[r, c] / 10000.0
+                tdv_ = a_tdv / wsum
+                rho = (y * (1.0 - a_s / wsum * rb) / (a_ts / wsum) - (a_tv / wsum - tdv_) * rb) / tdv_
+            else:
+                rho = y / (a_tt / wsum + a_s / wsum * y)
             if factor.size > 0:
                 rho = rho * factor[r, c]
             f = 0
@@ -266,36 +280,34 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     rts = {d: band_rt(d, wv_nodes) for d in domains}
     stats["radiative_transfer"] = time.perf_counter() - t1
     stats["adjacency"] = 0.0
-    if getattr(params, "adjacency_effect", False):
-        log.warning("ADJACENCY_EFFECT = TRUE: adjacency correction not implemented yet; ignored")
 
     # inversion, block-wise on each band's native grid
     t1 = time.perf_counter()
     boa: dict[str, np.ndarray] = {}
     sub = np.zeros(scene.grid.shape, np.uint8)      # bit 0 subzero, 1 saturation, 2 → nodata
     erase_clouds = bool(getattr(params, "erase_clouds", False))
+    adjacency = bool(getattr(params, "adjacency_effect", False))
+    empty16 = np.zeros((0, 0), np.int16)
     for d in domains:
         g = scene.grids[d]
         brt = rts[d]
-        toa = scene.toa[d]
-        out = np.empty(toa.shape, np.int16)
-        flags = np.empty(toa.shape, np.uint8)
         rq, cq = nearest_index(scene.grid, g)
-        tt = (brt.t_sun * brt.t_view).astype(np.float32)
-        for r0 in range(0, g.ny, ROWS):
-            r1 = min(g.ny, r0 + ROWS)
-            qb = scene.qai[rq[r0:r1][:, None], cq[None, :]]
-            off = (qb & 1) != 0
-            erase = (Q.get_field(qb, Q.CLOUD) == 2) if erase_clouds else np.zeros(qb.shape, bool)
-            zb = _z_block(dem, rq[r0:r1], cq)
-            wb = (wvp_map[rq[r0:r1][:, None], cq[None, :]].astype(np.float32) / 1000.0
-                  if wvp_map is not None else np.zeros((0, 0), np.float32))
-            fac = factor_hook(d, slice(r0, r1)) if factor_hook is not None else None
-            fac = np.zeros((0, 0), np.float32) if fac is None else np.asarray(fac, np.float32)
-            own_i, i0, wi, own_j, j0, wj = _weights(coarse, g, r0, r1)
-            _invert_kernel(toa[r0:r1], off, erase, zb, wb, own_i, i0, wi, own_j, j0, wj,
-                           levels, np.atleast_1d(brt.wv), brt.path_r, brt.path_a, tt, brt.s,
-                           brt.tg_ray, brt.tg_aer, brt.tg, fac, out[r0:r1], flags[r0:r1])
+        rho_b = empty16
+        if adjacency:
+            ta = time.perf_counter()
+            rho0, _ = _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, None,
+                                   False, empty16)
+            qb = scene.qai[rq[:, None], cq[None, :]]
+            lev0 = int(np.argmin(np.abs(levels - zmean)))
+            ok = np.isfinite(brt.tau_a[..., lev0])
+            rho_b = background_reflectance(
+                rho0, ((qb & 1) != 0) | (rho0 == NODATA), Q.get_field(qb, Q.CLOUD) > 0, g.res,
+                float(np.mean(brt.tau_a[..., lev0][ok])), float(np.mean(brt.tau_r[..., lev0][ok])))
+            del rho0, qb
+            stats["adjacency"] += time.perf_counter() - ta
+        out, flags = _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse,
+                                  factor_hook, erase_clouds, rho_b)
+        del rho_b
         boa[d] = out
         # flags back to the processing grid (nearest: the band pixel under each centre)
         rb, cb = nearest_index(g, scene.grid)
@@ -314,7 +326,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
             for r0 in range(0, g.ny, ROWS):
                 offb = (scene.qai[rq[r0:r0 + ROWS][:, None], cq[None, :]] & 1) != 0
                 boa[d][r0:r0 + ROWS][offb] = NODATA
-    stats["inversion"] = time.perf_counter() - t1
+    stats["inversion"] = time.perf_counter() - t1 - stats["adjacency"]
 
     # aerosol QAI (no AOD map: 3 = fill) and AOD product (green band at pixel elevation)
     valid = (scene.qai & 1) == 0
@@ -346,6 +358,32 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=spectrum.aod550,
                       water_vapor_scene=float(wv_scene), n_targets=(0, 0), log_fragment=frag,
                       stats=stats)
+
+
+def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_hook,
+                 erase_clouds: bool, rho_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BOA (int16) and flags (uint8) of band ``d`` on its grid ``g``, strip by strip."""
+    toa = scene.toa[d]
+    out = np.empty(toa.shape, np.int16)
+    flags = np.empty(toa.shape, np.uint8)
+    tt = (brt.t_sun * brt.t_view).astype(np.float32)
+    for r0 in range(0, g.ny, ROWS):
+        r1 = min(g.ny, r0 + ROWS)
+        qb = scene.qai[rq[r0:r1][:, None], cq[None, :]]
+        off = (qb & 1) != 0
+        erase = (Q.get_field(qb, Q.CLOUD) == 2) if erase_clouds else np.zeros(qb.shape, bool)
+        zb = _z_block(dem, rq[r0:r1], cq)
+        wb = (wvp_map[rq[r0:r1][:, None], cq[None, :]].astype(np.float32) / 1000.0
+              if wvp_map is not None else np.zeros((0, 0), np.float32))
+        fac = factor_hook(d, slice(r0, r1)) if factor_hook is not None else None
+        fac = np.zeros((0, 0), np.float32) if fac is None else np.asarray(fac, np.float32)
+        rb = rho_b[r0:r1] if rho_b.size else rho_b
+        own_i, i0, wi, own_j, j0, wj = _weights(coarse, g, r0, r1)
+        _invert_kernel(toa[r0:r1], off, erase, zb, wb, own_i, i0, wi, own_j, j0, wj,
+                       levels, np.atleast_1d(brt.wv), brt.path_r, brt.path_a, tt, brt.s,
+                       brt.tg_ray, brt.tg_aer, brt.tg, brt.t_sun, brt.t_view, brt.tdir_view,
+                       rb, fac, out[r0:r1], flags[r0:r1])
+    return out, flags
 
 
 def _z_block(dem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -23,6 +23,11 @@ from .gas import gas_transmittance
 WV_NODES = np.round(np.arange(0.0, 7.0001, 0.25), 4)
 #: aerosol scale height (km) used to move an AOD between elevations (continental profile of 6S)
 AEROSOL_SCALE_HEIGHT_KM = 2.0
+#: Fourier components of the multiple scattering (azimuth dependence)
+NFOURIER = 3
+#: AOD nodes of the solver when the AOD varies over the scene (spacing, maximum count)
+AOD_NODE_STEP = 0.02
+AOD_NODES_MAX = 40
 #: maximum spacing of the elevation levels (km)
 LEVEL_SPACING_KM = 0.1
 
@@ -109,23 +114,31 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
 
     ms = _nodes(float(mus[valid].min()) if valid.any() else 0.5, float(mus[valid].max()) if valid.any() else 0.5)
     mv = _nodes(float(muv[valid].min()) if valid.any() else 1.0, float(muv[valid].max()) if valid.any() else 1.0)
-    solver = rt.DoublingSolver(optics.chi, optics.ssa, np.concatenate([ms, mv]), nstreams=nstreams)
+    solver = rt.DoublingSolver(optics.chi, optics.ssa, np.concatenate([ms, mv]), nstreams=nstreams,
+                               nfourier=NFOURIER)
     n_g = solver.n
     i_s = n_g + np.arange(ms.size)
     i_v = n_g + ms.size + np.arange(mv.size)
 
-    # AOD nodes per level: exact when the AOD is constant over the scene
-    a_lo, a_hi = float(tau_a[valid].min()) if valid.any() else 0.0, float(tau_a[valid].max()) if valid.any() else 0.0
-    if a_hi - a_lo < 1e-6:
-        a_nodes = np.array([a_lo, a_lo + 1e-3])
+    # AOD nodes per level (nlev, na): exact when the AOD is one value per scene, else nodes
+    # ≤ AOD_NODE_STEP apart between the level's min and max
+    if np.ndim(aod550) == 0 or not valid.any():
+        a_nodes = tau_a.reshape(-1, nlev)[0][:, None]
     else:
-        a_nodes = np.linspace(a_lo, a_hi, max(2, min(12, int(math.ceil((a_hi - a_lo) / 0.05)) + 1)))
-    na = a_nodes.size
+        lo = np.min(np.where(valid[..., None], tau_a, np.inf), axis=(0, 1))
+        hi = np.max(np.where(valid[..., None], tau_a, -np.inf), axis=(0, 1))
+        hi = np.maximum(hi, lo + 1e-4)
+        n = int(min(AOD_NODES_MAX, max(2, math.ceil(float(np.max(hi - lo)) / AOD_NODE_STEP) + 1)))
+        a_nodes = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, n)[None, :]
+    na = a_nodes.shape[1]
     tr_b = np.repeat(tau_r, na)
-    ta_b = np.tile(a_nodes, nlev)
+    ta_b = a_nodes.ravel()
     sol = solver.solve(np.concatenate([tr_b, tau_r]), np.concatenate([ta_b, np.zeros(nlev)]))
-    r_ms = sol["R"] - sol["R1"]                       # multiple scattering (m = 0)
-    rms = r_ms[:, i_v][:, :, i_s]                     # (B, nv, ns)
+    # multiple scattering per Fourier component (B, nv, ns)
+    rms = [(sol["R"][k] - sol["R1"][k])[:, i_v][:, :, i_s] for k in range(NFOURIER)]
+    dphi = np.radians(np.where(valid, view_azimuth, 0.0) - np.where(valid, sun_azimuth, 0.0))
+    # photon azimuth difference = φv − φs − 180°: cos(mΔ) = (−1)^m cos(m(φv − φs))
+    fourier = [(1.0 if k == 0 else 2.0) * (-1.0) ** k * np.cos(k * dphi) for k in range(NFOURIER)]
     tt_s = sol["t_total"][:, i_s]
     tt_v = sol["t_total"][:, i_v]
     nb = nlev * na
@@ -141,8 +154,8 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
     def mu1(arr, j, w):   # arr (B', n) -> (B', ncy, ncx)
         return (1 - w) * arr[:, j] + w * arr[:, j + 1]
 
-    ms_aer = mu2(rms[:nb]).reshape(nlev, na, *shape)
-    ms_ray = mu2(rms[nb:])                                       # (nlev, ncy, ncx)
+    ms_aer = sum(fourier[k] * mu2(rms[k][:nb]) for k in range(NFOURIER)).reshape(nlev, na, *shape)
+    ms_ray = sum(fourier[k] * mu2(rms[k][nb:]) for k in range(NFOURIER))    # (nlev, ncy, ncx)
     # polarisation correction of the Rayleigh multiple scattering (radtran docstring)
     pol = rt.rayleigh_polarization_correction(tau_r, np.concatenate([ms, mv]), nstreams)
     pol = mu2(pol[:, ms.size + np.arange(mv.size)][:, :, np.arange(ms.size)])
@@ -152,18 +165,23 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
     s_aer = sol["s"][:nb].reshape(nlev, na)
 
     # linear interpolation in the AOD nodes per cell and level
-    ia, wa = _bilinear_nodes(a_nodes, tau_a)                     # (ncy, ncx, nlev)
+    ia = np.zeros(tau_a.shape, np.intp)
+    wa = np.zeros(tau_a.shape)
+    if na > 1:
+        for k in range(nlev):
+            ia[..., k], wa[..., k] = _bilinear_nodes(a_nodes[k], tau_a[..., k])
+    ia1 = np.minimum(ia + 1, na - 1)
     lev = np.arange(nlev)[None, None, :]
     cy, cx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     cy, cx = cy[..., None], cx[..., None]
 
     def pick(arr):     # arr (nlev, na, ncy, ncx) -> (ncy, ncx, nlev)
-        return (1 - wa) * arr[lev, ia, cy, cx] + wa * arr[lev, ia + 1, cy, cx]
+        return (1 - wa) * arr[lev, ia, cy, cx] + wa * arr[lev, ia1, cy, cx]
 
     ms_tot = pick(ms_aer) + np.moveaxis(pol, 0, -1)
     t_sun = pick(ts_aer)
     t_view = pick(tv_aer)
-    s = (1 - wa) * s_aer[lev, ia] + wa * s_aer[lev, ia + 1]
+    s = (1 - wa) * s_aer[lev, ia] + wa * s_aer[lev, ia1]
     ms_r = np.moveaxis(ms_ray, 0, -1)
 
     pa = optics.aerosol_phase(cpsi)[..., None]

@@ -240,9 +240,12 @@ class DoublingSolver:
     """
 
     def __init__(self, aerosol_chi: np.ndarray, ssa: float, mu_out: np.ndarray,
-                 nstreams: int = 8, ndoubling: int = 20, frac_r=None, frac_a=None):
+                 nstreams: int = 8, ndoubling: int = 20, frac_r=None, frac_a=None,
+                 nfourier: int = 1):
+        from scipy.special import gammaln, lpmv
         self.n = nstreams
         self.nmom = 2 * nstreams
+        self.nfourier = nfourier
         mu_g, w_g = gauss_nodes(nstreams)
         self.mu_out = np.atleast_1d(np.asarray(mu_out, dtype=np.float64))
         self.mu = np.concatenate([mu_g, self.mu_out])
@@ -258,26 +261,36 @@ class DoublingSolver:
         self.f_trunc = chi[self.nmom]                     # δ-M truncation fraction
         self.chi_a = (chi[:self.nmom] - self.f_trunc) / (1.0 - self.f_trunc)
         self.chi_r = rayleigh_moments(self.nmom)
-        leg = _legendre_matrix(self.mu, self.nmom)        # P_l(μ)
-        sign = (-1.0) ** np.arange(self.nmom)              # P_l(−μ) = (−1)^l P_l(μ)
-        ll = 2 * np.arange(self.nmom) + 1
-        self._pr = {}
-        for name, chi_c in (("a", self.chi_a), ("r", self.chi_r)):
-            coef = ll * chi_c
-            self._pr[name] = ((leg * coef * sign) @ leg.T, (leg * coef) @ leg.T)
+        ll = np.arange(self.nmom)
+        # Fourier components of the phase functions: P^m(μ, μ') = Σ_l (2l+1) χ_l Λ_l^m(μ) Λ_l^m(μ'),
+        # Λ_l^m = sqrt((l−m)!/(l+m)!) P_l^m; reflection uses Λ_l^m(−μ') = (−1)^(l+m) Λ_l^m(μ')
+        self._pr = []
+        for mm in range(nfourier):
+            lam = np.zeros((self.mu.size, self.nmom))
+            for l_ in range(mm, self.nmom):
+                norm = np.exp(0.5 * (gammaln(l_ - mm + 1) - gammaln(l_ + mm + 1)))
+                lam[:, l_] = norm * lpmv(mm, l_, self.mu)
+            sign = (-1.0) ** (ll + mm)
+            comp = {}
+            for name, chi_c in (("a", self.chi_a), ("r", self.chi_r)):
+                coef = (2 * ll + 1) * chi_c
+                comp[name] = ((lam * coef * sign) @ lam.T, (lam * coef) @ lam.T)
+            self._pr.append(comp)
 
     def _scaled(self, tau_r, tau_a):
         f, om = self.f_trunc, self.ssa
         sca_a = om * (1.0 - f) * tau_a
         return (1.0 - om * f) * tau_a + tau_r, sca_a
 
-    def _layer(self, tau_r, tau_a):
-        """R, T (diffuse) and direct transmission E of one homogeneous (scaled) layer."""
+    def _layer(self, tau_r, tau_a, mm: int = 0):
+        """R, T (diffuse) and direct transmission E of one homogeneous (scaled) layer, Fourier
+        component ``mm``."""
         tau_s, sca_a = self._scaled(tau_r, tau_a)
         sca = sca_a + tau_r
         wa = (sca_a / np.maximum(sca, 1e-30))[:, None, None]
-        p_refl = wa * self._pr["a"][0] + (1 - wa) * self._pr["r"][0]
-        p_tran = wa * self._pr["a"][1] + (1 - wa) * self._pr["r"][1]
+        pr_ = self._pr[mm]
+        p_refl = wa * pr_["a"][0] + (1 - wa) * pr_["r"][0]
+        p_tran = wa * pr_["a"][1] + (1 - wa) * pr_["r"][1]
         omega = (sca / np.maximum(tau_s, 1e-30))[:, None, None]
         dtau = (tau_s / 2.0 ** self.ndoubling)[:, None, None]
         mu = self.mu
@@ -307,36 +320,43 @@ class DoublingSolver:
         return r, t
 
     def solve(self, tau_r: np.ndarray, tau_a: np.ndarray) -> dict[str, np.ndarray]:
-        """Reflection R (B, M, M, seen from the top), t_total(μ) (B, M) = direct (scaled) +
-        diffuse transmission for a beam at μ (= upward transmittance to μ of a Lambertian source,
-        by reciprocity), spherical albedo s (B,) for illumination from below, and the δ-M scaled
-        azimuth-averaged single-scattering reflection ``R1`` (B, M, M)."""
+        """Fourier components of the reflection ``R`` (list over m of (B, M, M), seen from the
+        top) and of its δ-M scaled single-scattering part ``R1``; t_total(μ) (B, M) = direct
+        (scaled) + diffuse transmission for a beam at μ (= upward transmittance to μ of a
+        Lambertian source, by reciprocity); spherical albedo s (B,) for illumination from below.
+        The reflection at relative azimuth φ (between the photon directions) is
+        Σ_m (2 − δ_m0) R^m cos(mφ)."""
         tau_r = np.atleast_1d(np.asarray(tau_r, dtype=np.float64))
         tau_a = np.atleast_1d(np.asarray(tau_a, dtype=np.float64))
-        layers = [self._layer(tau_r * fr, tau_a * fa) for fr, fa in zip(self.frac_r, self.frac_a)]
-        r, t, e = layers[0]
-        for r2, t2, e2 in layers[1:]:
-            r, t = self._add(r, t, e, r2, t2, e2)
-            e = e * e2
-        # from below: add in reverse order
-        rb, tb, eb = layers[-1]
-        for r2, t2, e2 in layers[-2::-1]:
-            rb, tb = self._add(rb, tb, eb, r2, t2, e2)
-            eb = eb * e2
         d = self.d
-        s = np.einsum("bij,i,j->b", rb, d, d)
-        t_total = e + np.einsum("bij,i->bj", t, d)
-        return {"R": r, "t_total": t_total, "s": s, "R1": self._single_m0(tau_r, tau_a)}
+        rs, r1s = [], []
+        for mm in range(self.nfourier):
+            layers = [self._layer(tau_r * fr, tau_a * fa, mm) for fr, fa in zip(self.frac_r, self.frac_a)]
+            r, t, e = layers[0]
+            for r2, t2, e2 in layers[1:]:
+                r, t = self._add(r, t, e, r2, t2, e2)
+                e = e * e2
+            rs.append(r)
+            r1s.append(self._single(tau_r, tau_a, mm))
+            if mm == 0:
+                t_total = e + np.einsum("bij,i->bj", t, d)
+                rb, tb, eb = layers[-1]                 # from below: add in reverse order
+                for r2, t2, e2 in layers[-2::-1]:
+                    rb, tb = self._add(rb, tb, eb, r2, t2, e2)
+                    eb = eb * e2
+                s = np.einsum("bij,i,j->b", rb, d, d)
+        return {"R": rs, "R1": r1s, "t_total": t_total, "s": s}
 
-    def _single_m0(self, tau_r, tau_a) -> np.ndarray:
-        """δ-M scaled azimuth-averaged single-scattering reflection of the layered atmosphere."""
+    def _single(self, tau_r, tau_a, mm: int = 0) -> np.ndarray:
+        """δ-M scaled single-scattering reflection (Fourier component mm) of the layers."""
         mi, mj = self.mu[:, None], self.mu[None, :]
         m = 1 / mi + 1 / mj
         out = 0.0
         above = np.zeros(tau_r.shape)
+        pr_ = self._pr[mm]
         for fr, fa in zip(self.frac_r, self.frac_a):
             tau_s, sca_a = self._scaled(tau_r * fr, tau_a * fa)
-            p = (sca_a[:, None, None] * self._pr["a"][0] + (tau_r * fr)[:, None, None] * self._pr["r"][0])
+            p = (sca_a[:, None, None] * pr_["a"][0] + (tau_r * fr)[:, None, None] * pr_["r"][0])
             ts = np.maximum(tau_s, 1e-30)[:, None, None]
             out = out + p / (4.0 * mi * mj) * np.exp(-above[:, None, None] * m) * (1.0 - np.exp(-ts * m)) / (ts * m)
             above = above + tau_s

@@ -179,8 +179,7 @@ def _match_small(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, ba
                                        cloud, labels, bits, slope0, has_slope)
                     ssum += add
                     tot += cnt
-                den = max(tot, (n + 1) // 2)
-                match = (ssum / DEPTH_WEIGHT) / den if tot > 0 else 0.0
+                match = (ssum / DEPTH_WEIGHT) / tot if tot > 0 else 0.0
                 if GREEDY and match >= MATCH:
                     for m in range(n):
                         h = base
@@ -236,8 +235,7 @@ def _match_big(k, pr, pc, temp, has_temp, lowtemp, hightemp, base_step, crow, cc
         while base <= bmax:
             ssum, tot = _sum_height(pr, pc, tk, basetemp, has_temp, base, k, crow, ccol, fx, fy,
                                     spr, thr, cloud, labels, bits, slope0, has_slope)
-            den = max(tot, (pr.shape[0] + 1) // 2)
-            match = (ssum / DEPTH_WEIGHT) / den if tot > 0 else 0.0
+            match = (ssum / DEPTH_WEIGHT) / tot if tot > 0 else 0.0
             if GREEDY and match >= MATCH:
                 _draw_height(pr, pc, tk, basetemp, has_temp, base, crow, ccol, fx, fy, shadow)
             if match > best:

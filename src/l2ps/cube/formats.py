@@ -164,14 +164,19 @@ class RasterSpec:
     band_md: list[dict[str, dict[str, str]]] = field(default_factory=list)  # per band
 
 
-def _fill(ds, data: np.ndarray, spec: RasterSpec) -> None:
+def _fill(ds, data: np.ndarray | None, spec: RasterSpec, nbands: int | None = None) -> None:
+    """Set metadata, band descriptions (and nodata when ``data`` is None, i.e. on an
+    existing file), then write ``data`` if given."""
     for domain, items in spec.dataset_md.items():
         if items:
             if domain:
                 ds.update_tags(ns=domain, **items)
             else:
                 ds.update_tags(**items)
-    for b in range(data.shape[0]):
+    n = data.shape[0] if data is not None else int(nbands or ds.count)
+    if data is None and spec.nodata is not None:
+        ds.nodata = spec.nodata
+    for b in range(n):
         if b < len(spec.band_names):
             ds.set_band_description(b + 1, spec.band_names[b])
         if b < len(spec.band_md):
@@ -181,7 +186,8 @@ def _fill(ds, data: np.ndarray, spec: RasterSpec) -> None:
                         ds.update_tags(b + 1, ns=domain, **items)
                     else:
                         ds.update_tags(b + 1, **items)
-    ds.write(data)
+    if data is not None:
+        ds.write(data)
 
 
 def write_raster(path: str | os.PathLike, data: np.ndarray, grid: Grid | None,
@@ -239,3 +245,273 @@ def is_cog(path: str | os.PathLike) -> bool:
     ``LAYOUT=COG`` in IMAGE_STRUCTURE when the IFD/data order follows the COG layout)."""
     with rasterio.open(str(path)) as ds:
         return ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+# ============================================================== sparse tile files
+#: block size (pixels) of tile files, chips and temporary window files
+BLOCK = 256
+#: creation options of the temporary window files a tile file is assembled from
+_TEMP_OPTIONS = {"COMPRESS": "ZSTD", "ZSTD_LEVEL": "1"}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of pixels (row, col of the upper-left pixel; height, width), in the
+    pixel coordinates of a tile (or of the untiled output grid)."""
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def row1(self) -> int:
+        return self.row + self.height
+
+    @property
+    def col1(self) -> int:
+        return self.col + self.width
+
+    @property
+    def size(self) -> int:
+        return self.height * self.width
+
+    def union(self, other: "Window | None") -> "Window":
+        """The bounding box of both windows."""
+        if other is None:
+            return self
+        r0, c0 = min(self.row, other.row), min(self.col, other.col)
+        return Window(r0, c0, max(self.row1, other.row1) - r0, max(self.col1, other.col1) - c0)
+
+    def intersection(self, other: "Window") -> "Window | None":
+        r0, c0 = max(self.row, other.row), max(self.col, other.col)
+        r1, c1 = min(self.row1, other.row1), min(self.col1, other.col1)
+        return Window(r0, c0, r1 - r0, c1 - c0) if r1 > r0 and c1 > c0 else None
+
+    def contains(self, other: "Window") -> bool:
+        return (self.row <= other.row and self.col <= other.col and
+                other.row1 <= self.row1 and other.col1 <= self.col1)
+
+    def snap(self, align: int, ny: int, nx: int) -> "Window":
+        """Moved outward to multiples of ``align`` pixels, clipped to ``ny`` x ``nx``."""
+        r0, c0 = (self.row // align) * align, (self.col // align) * align
+        r1 = min(-(-self.row1 // align) * align, ny)
+        c1 = min(-(-self.col1 // align) * align, nx)
+        return Window(max(r0, 0), max(c0, 0), r1 - max(r0, 0), c1 - max(c0, 0))
+
+    def shift(self, drow: int, dcol: int) -> "Window":
+        return Window(self.row + drow, self.col + dcol, self.height, self.width)
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.row, self.row1), slice(self.col, self.col1)
+
+    def rio(self):
+        from rasterio.windows import Window as RioWindow
+        return RioWindow(self.col, self.row, self.width, self.height)
+
+    def tag(self) -> str:
+        """As metadata item: ``"row col height width"``."""
+        return f"{self.row} {self.col} {self.height} {self.width}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Window | None":
+        try:
+            r, c, h, w = (int(v) for v in str(text).split())
+        except (TypeError, ValueError):
+            return None
+        return cls(r, c, h, w) if h > 0 and w > 0 else None
+
+
+def overview_factors(ny: int, nx: int, block: int = BLOCK) -> list[int]:
+    """Decimation factors 2, 4, ... of the internal overviews of a COG of ``ny`` x
+    ``nx`` pixels: halve until the coarsest level fits into one block (as GDAL's COG
+    driver does)."""
+    size, f, out = max(ny, nx), 1, []
+    while -(-size // f) > block:
+        f *= 2
+        out.append(f)
+    return out
+
+
+def window_alignment(ny: int, nx: int) -> int:
+    """Data windows of a tile file are aligned to this many pixels: whole blocks, and
+    whole pixels of every overview level, so that a window's overviews are a window of
+    the file's overviews."""
+    return max([BLOCK] + overview_factors(ny, nx))
+
+
+def _resampling(name: str):
+    from rasterio.enums import Resampling
+    try:
+        return Resampling[name.lower()]
+    except KeyError:
+        return Resampling.average
+
+
+def write_window(path: str | os.PathLike, bands: list[np.ndarray], offset: tuple[int, int],
+                 shape: tuple[int, int], grid: Grid | None, nodata: float | None, *,
+                 options: dict[str, str] | None = None,
+                 tags: dict[str, dict[str, str]] | None = None,
+                 descriptions: tuple[str, ...] = (),
+                 overviews: tuple[list[int], str] | None = None) -> None:
+    """Write a tiled, sparse GeoTIFF of ``shape`` (rows, cols) pixels whose band ``i``
+    holds ``bands[i]`` with its upper-left pixel at ``offset`` (row, col); everything
+    else is nodata (empty blocks are not stored). ``overviews`` = (factors, resampling)
+    builds internal overviews. Used for contribution chips and for the temporary window
+    files a tile file is assembled from (:func:`write_tile`)."""
+    profile = window_profile(shape, grid, nodata, len(bands), options)
+    r, c = offset
+    with rasterio.open(str(path), "w", **profile) as ds:
+        for domain, items in (tags or {}).items():
+            if items:
+                ds.update_tags(ns=domain, **items)
+        for i, b in enumerate(bands):
+            if i < len(descriptions):
+                ds.set_band_description(i + 1, descriptions[i])
+            if b.dtype == np.uint16:
+                b = b.view(np.int16)
+            h, w = b.shape
+            if h and w:
+                from rasterio.windows import Window as RioWindow
+                ds.write(b, i + 1, window=RioWindow(c, r, w, h))
+        if overviews and overviews[0]:
+            ds.build_overviews(list(overviews[0]), _resampling(overviews[1]))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Pixels for :func:`write_tile`: the region ``src`` of the raster file ``path``
+    (all bands), placed with its upper-left pixel at (``row``, ``col``) of the output.
+    ``overviews``: the overview factors the file has (used for COG output)."""
+    path: str
+    src: Window
+    row: int
+    col: int
+    overviews: tuple[int, ...] = ()
+
+    def aligned(self, f: int) -> bool:
+        return all(v % f == 0 for v in (self.src.row, self.src.col, self.row, self.col))
+
+
+def file_overviews(path: str | os.PathLike) -> tuple[int, ...]:
+    with rasterio.open(str(path)) as ds:
+        return tuple(ds.overviews(1))
+
+
+def _xml_metadata(md: dict[str, dict[str, str]]) -> str:
+    from xml.sax.saxutils import escape, quoteattr
+    out = []
+    for domain, items in md.items():
+        if not items:
+            continue
+        d = f" domain={quoteattr(domain)}" if domain else ""
+        out.append(f"<Metadata{d}>" + "".join(
+            f"<MDI key={quoteattr(str(k))}>{escape(str(v))}</MDI>" for k, v in items.items())
+            + "</Metadata>")
+    return "".join(out)
+
+
+def _vrt_xml(ny: int, nx: int, grid: Grid | None, nbands: int, spec: RasterSpec | None,
+             layers: list[tuple[Layer, int | None, int]], overview_files: list[str]) -> str:
+    """VRT of ``ny`` x ``nx`` Int16 pixels mosaicking ``layers`` (later ones win inside
+    their rectangle; nodata elsewhere). ``layers`` = (layer, overview level index or
+    None, decimation factor)."""
+    from xml.sax.saxutils import escape
+    parts = [f'<VRTDataset rasterXSize="{nx}" rasterYSize="{ny}">']
+    if grid is not None:
+        t = grid.transform
+        parts.append(f"<SRS>{escape(grid.crs_wkt)}</SRS>")
+        parts.append("<GeoTransform>" + ",".join(repr(float(v)) for v in (
+            t.c, t.a * grid.nx / nx, t.b, t.f, t.d, t.e * grid.ny / ny)) + "</GeoTransform>")
+    if spec is not None:
+        parts.append(_xml_metadata(spec.dataset_md))
+    for b in range(1, nbands + 1):
+        parts.append(f'<VRTRasterBand dataType="Int16" band="{b}">')
+        if spec is not None:
+            if b - 1 < len(spec.band_names):
+                parts.append(f"<Description>{escape(spec.band_names[b - 1])}</Description>")
+            if spec.nodata is not None:
+                parts.append(f"<NoDataValue>{spec.nodata:g}</NoDataValue>")
+            if b - 1 < len(spec.band_md):
+                parts.append(_xml_metadata(spec.band_md[b - 1]))
+        for layer, level, f in layers:
+            s = layer.src
+            r0, c0 = s.row // f, s.col // f
+            h, w = -(-s.row1 // f) - r0, -(-s.col1 // f) - c0
+            oo = ("" if level is None else
+                  f'<OpenOptions><OOI key="OVERVIEW_LEVEL">{level}</OOI></OpenOptions>')
+            parts.append(
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(layer.path)}'
+                f"</SourceFilename>{oo}<SourceBand>{b}</SourceBand>"
+                f'<SrcRect xOff="{c0}" yOff="{r0}" xSize="{w}" ySize="{h}"/>'
+                f'<DstRect xOff="{layer.col // f}" yOff="{layer.row // f}" xSize="{w}" '
+                f'ySize="{h}"/></SimpleSource>')
+        for ov in overview_files:
+            parts.append(f'<Overview><SourceFilename relativeToVRT="0">{escape(ov)}'
+                         f"</SourceFilename><SourceBand>{b}</SourceBand></Overview>")
+        parts.append("</VRTRasterBand>")
+    parts.append("</VRTDataset>")
+    return "".join(parts)
+
+
+def write_tile(path: str | os.PathLike, grid: Grid, nbands: int, fmt: OutputFormat,
+               spec: RasterSpec, product: str, layers: list[Layer], tmpdir: str | os.PathLike,
+               *, num_threads: int = 1) -> None:
+    """Write a tile file of ``grid``'s full size from ``layers`` (not atomic: the caller
+    writes to a temporary name and renames), with GDAL doing the pixel work in C.
+
+    The file is assembled from a VRT (written into ``tmpdir``) in which each layer covers
+    only its rectangle and everything else is nodata: GTiff and COG are written with
+    ``SPARSE_OK=TRUE``, so nodata blocks are not stored and cost (almost) nothing. For
+    COG the overviews come from the layers' own overviews (``OVERVIEWS=
+    FORCE_USE_EXISTING``) when every layer has the file's overview factors and lies on
+    the coarsest overview's pixel grid (:func:`window_alignment`); otherwise GDAL
+    computes them over the whole file (slow for large tiles). Metadata: in the VRT and
+    copied with ``COPY_SRC_MDD`` (COG, GTiff), otherwise set on the written file."""
+    import rasterio.shutil as rshutil
+    tmpdir = Path(tmpdir)
+    ny, nx = grid.ny, grid.nx
+    opts = fmt.options_for(product)
+    sparse = fmt.driver in ("COG", "GTiff")
+    overview_files: list[str] = []
+    if sparse:
+        opts.setdefault("SPARSE_OK", "TRUE")
+        opts.setdefault("COPY_SRC_MDD", "YES")
+        opts.setdefault("NUM_THREADS", str(max(int(num_threads), 1)))
+    if fmt.driver == "COG":
+        factors = overview_factors(ny, nx, int(opts.get("BLOCKSIZE", BLOCK)))
+        if factors and all(tuple(lay.overviews[:len(factors)]) == tuple(factors) and
+                           lay.aligned(factors[-1]) for lay in layers):
+            for level, f in enumerate(factors):
+                ov = tmpdir / f".ovr{f}-{os.getpid()}.vrt"
+                ov.write_text(_vrt_xml(-(-ny // f), -(-nx // f), grid, nbands, None,
+                                       [(lay, level, f) for lay in layers], []))
+                overview_files.append(str(ov))
+            opts["OVERVIEWS"] = "FORCE_USE_EXISTING"
+    vrt = tmpdir / f".tile-{os.getpid()}.vrt"
+    vrt.write_text(_vrt_xml(ny, nx, grid, nbands, spec, [(lay, None, 1) for lay in layers],
+                            overview_files))
+    env = {"GDAL_PAM_ENABLED": "NO"} if sparse else {}
+    with rasterio.Env(**env):
+        rshutil.copy(str(vrt), str(path), driver=fmt.driver, strict=False, **opts)
+        if not sparse:
+            # drivers without COPY_SRC_MDD: set names, nodata and metadata afterwards
+            try:
+                with rasterio.open(str(path), "r+") as ds:
+                    _fill(ds, None, spec, nbands)
+            except Exception:     # copy-only drivers (PNG, ...) keep what CreateCopy gave
+                pass
+
+
+def window_profile(shape: tuple[int, int], grid: Grid | None, nodata: float | None,
+                   count: int, options: dict[str, str] | None = None) -> dict[str, Any]:
+    """rasterio profile of a tiled, sparse Int16 GeoTIFF (window files, chips)."""
+    ny, nx = shape
+    profile: dict[str, Any] = dict(driver="GTiff", count=count, width=nx, height=ny,
+                                   dtype="int16", TILED="YES", BLOCKXSIZE=str(BLOCK),
+                                   BLOCKYSIZE=str(BLOCK), SPARSE_OK="TRUE", BIGTIFF="IF_SAFER")
+    profile.update(options or _TEMP_OPTIONS)
+    if grid is not None:
+        profile.update(crs=grid.crs, transform=grid.transform)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    return profile

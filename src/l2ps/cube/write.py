@@ -23,6 +23,7 @@ together, in sorted order) and atomically (temporary file + rename).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -42,6 +43,7 @@ from ..products import Product
 from . import formats
 from .grid import (Datacube, as_bool, cube_for_params, grid_footprint, param,
                    target_resolution)
+from .lock import _is_gdal_error
 from .lock import (DEFAULT_LOCK_TIMEOUT, append_line, atomic_write, file_locks, makedirs,
                    remove_quietly)
 from .warp import warp_products
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CONTRIB_DIR = ".contrib"
 CONTRIB_KEY = "CONTRIBUTORS"
+WINDOW_KEY = "DATA_WINDOW"            # "row col height width": no valid pixel outside
 UNKNOWN_CONTRIBUTOR = "_unknown_"     # content of a file without contributor record
 _CHIP_FORMAT = formats.OutputFormat("GTiff", "GTiff", "tif",
                                     {"COMPRESS": "ZSTD", "PREDICTOR": "2", "TILED": "YES",
@@ -159,21 +162,24 @@ def rasterize_aoi(path: str | os.PathLike, grid: Grid) -> np.ndarray:
 
 
 # =========================================================================== OVV
-def quicklook(refl: Product | None, red: np.ndarray | None, green: np.ndarray | None,
-              blue: np.ndarray | None, qai: np.ndarray, res: float) -> np.ndarray:
-    """The OVV quicklook (spec 03 §3.4) of one chip as uint8 (3, rows, cols): pixel size
-    150 map units (0.0015 if res < 1), nearest sampling, flag colours first."""
+def _ovv_indices(ny: int, nx: int, res: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the full-resolution pixels the OVV samples (spec 03 §3.4):
+    pixel size 150 map units (0.0015 if res < 1), pixel ``(int)(i·step)``."""
     ovv_res = OVV_PIXEL if res >= 1 else OVV_PIXEL / 1e5
-    ny, nx = qai.shape
     step = ovv_res / res
     oy, ox = max(int(ny * res / ovv_res), 1), max(int(nx * res / ovv_res), 1)
     ii = np.minimum((np.arange(oy) * step).astype(np.int64), ny - 1)
     jj = np.minimum((np.arange(ox) * step).astype(np.int64), nx - 1)
-    q = qai[np.ix_(ii, jj)].astype(np.uint16)
-    out = np.zeros((3, oy, ox), dtype=np.uint8)
-    if red is not None:
-        for k, b in enumerate((red, green, blue)):
-            v = b[np.ix_(ii, jj)].astype(np.float32)
+    return ii, jj
+
+
+def _ovv_colours(rgb: np.ndarray | None, q: np.ndarray) -> np.ndarray:
+    """uint8 (3, rows, cols) quicklook from sampled RED/GREEN/BLUE (or None) and QAI."""
+    q = q.astype(np.uint16)
+    out = np.zeros((3,) + q.shape, dtype=np.uint8)
+    if rgb is not None:
+        for k in range(3):
+            v = rgb[k].astype(np.float32)
             out[k] = np.where(v < 0, 0, np.where(v > 2500, 255, (v / 2500.0 * 255.0))).astype(np.uint8)
     cloud = qai_mod.get_field(q, qai_mod.CLOUD)
     rules = [  # applied last-first so that the first rule wins
@@ -189,6 +195,16 @@ def quicklook(refl: Product | None, red: np.ndarray | None, green: np.ndarray | 
         for k in range(3):
             out[k][mask] = colour[k]
     return out
+
+
+def quicklook(refl: Product | None, red: np.ndarray | None, green: np.ndarray | None,
+              blue: np.ndarray | None, qai: np.ndarray, res: float) -> np.ndarray:
+    """The OVV quicklook (spec 03 §3.4) of one chip as uint8 (3, rows, cols): pixel size
+    150 map units (0.0015 if res < 1), nearest sampling, flag colours first."""
+    ii, jj = _ovv_indices(qai.shape[0], qai.shape[1], res)
+    sel = np.ix_(ii, jj)
+    rgb = None if red is None else np.stack([red[sel], green[sel], blue[sel]])
+    return _ovv_colours(rgb, qai[sel])
 
 
 # ======================================================================= provenance
@@ -208,9 +224,12 @@ def append_provenance(directory: str | os.PathLike, file: str | os.PathLike, ori
 
 # ==================================================================== contributions
 @dataclass
-class _Contribution:
+class _Chip:
+    """One image's contribution to a tile file, stored on disk: ``path`` holds its
+    pixels of ``window`` (tile pixel coordinates; nodata elsewhere in the tile)."""
     ident: str
-    data: np.ndarray            # (bands, rows, cols) on-disk dtype
+    path: Path
+    window: formats.Window
     date: str = ""              # FORCE band "Date" of this contributor
     param: str = ""             # FORCE_param of this contributor
 
@@ -222,43 +241,72 @@ def _safe_id(level1_id: str) -> str:
     return s
 
 
-def _mean(stacks: list[np.ndarray], nodata: int) -> np.ndarray:
-    """Per-pixel mean of the valid values of several (bands, rows, cols) int16 arrays,
-    truncated toward zero; nodata where no contribution is valid."""
-    out = np.empty_like(stacks[0])
-    for b in range(out.shape[0]):
-        s = np.zeros(out.shape[1:], dtype=np.int64)
-        n = np.zeros(out.shape[1:], dtype=np.int32)
-        for a in stacks:
-            v = a[b] != nodata
-            s += np.where(v, a[b], 0)
-            n += v
-        ok = n > 0
-        ob = np.full(out.shape[1:], nodata, dtype=out.dtype)
-        ob[ok] = np.trunc(s[ok] / n[ok]).astype(out.dtype)
-        out[b] = ob
+#: rows of a tile combined at a time when contributions are merged (bounds the memory)
+_STRIP = 4 * formats.BLOCK
+
+
+def _mean(layers: list[np.ndarray], nodata: int) -> np.ndarray:
+    """Per-pixel mean of the valid values of several int16 arrays of the same shape,
+    truncated toward zero (integer arithmetic); nodata where no layer is valid."""
+    s = np.zeros(layers[0].shape, dtype=np.int32)   # |sum| < 2^31 for < 65536 layers
+    n = np.zeros(layers[0].shape, dtype=np.int32)
+    for a in layers:
+        v = a != nodata
+        s += np.where(v, a, 0)
+        n += v
+    q = np.abs(s) // np.maximum(n, 1)
+    np.negative(q, out=q, where=s < 0)
+    return np.where(n > 0, q, nodata).astype(np.int16)
+
+
+def _combine(product: str, layers: list[np.ndarray], nodata: int) -> np.ndarray:
+    """Merged value of several contributions (int16 on-disk values): QAI bitwise
+    (:func:`l2ps.qai.merge`), every other product the mean of the valid values."""
+    if product == "QAI":
+        return qai_mod.merge([a.view(np.uint16) for a in layers]).view(np.int16)
+    return _mean(layers, nodata)
+
+
+def _sample_file(path: Path, bands: list[int], window: formats.Window, ii: np.ndarray,
+                 jj: np.ndarray, nodata: int) -> np.ndarray:
+    """Pixels (rows ``ii``, cols ``jj``) of ``bands`` (1-based) of a tile file whose data
+    lie inside ``window``; nodata elsewhere. Reads only the window, in strips."""
+    import rasterio
+    out = np.full((len(bands), len(ii), len(jj)), nodata, dtype=np.int16)
+    ri = np.nonzero((ii >= window.row) & (ii < window.row1))[0]
+    cj = np.nonzero((jj >= window.col) & (jj < window.col1))[0]
+    if not len(ri) or not len(cj):
+        return out
+    c0, c1 = int(jj[cj].min()), int(jj[cj].max()) + 1
+    with rasterio.open(str(path)) as ds:
+        for s in range(window.row, window.row1, _STRIP):
+            sel = ri[(ii[ri] >= s) & (ii[ri] < s + _STRIP)]
+            if not len(sel):
+                continue
+            r1 = int(ii[sel].max()) + 1
+            a = ds.read(bands, window=formats.Window(s, c0, r1 - s, c1 - c0).rio())
+            out[:, sel[:, None], cj[None, :]] = a[:, (ii[sel] - s)[:, None], (jj[cj] - c0)[None, :]]
     return out
 
 
-def _combine(product: str, contributions: list[_Contribution], nodata: int) -> np.ndarray:
-    if product == "QAI":
-        layers = [c.data[0].view(np.uint16) if c.data.dtype == np.int16 else c.data[0]
-                  for c in contributions]
-        return qai_mod.merge(layers).astype(np.int16)[None]
-    return _mean([c.data for c in contributions], nodata)
-
-
 class _GroupWriter:
-    """Writes the products of one image into one tile folder (or untiled folder)."""
+    """Writes the products of one image into one tile folder (or untiled folder).
+
+    Only the data window of the image in the tile is ever held in memory: tile files
+    are assembled by GDAL from window files (:func:`formats.write_tile`), contribution
+    chips are window-sized, and merging reads the contributions strip by strip over the
+    window that changes."""
 
     def __init__(self, folder: Path, prefix: str, fmt: formats.OutputFormat, *,
                  level1_id: str, sensor: str, date_time: str, param_log: str,
-                 origin: str, provenance_dir: str | None, lock_timeout: float):
+                 origin: str, provenance_dir: str | None, lock_timeout: float,
+                 num_threads: int = 1):
         self.folder, self.prefix, self.fmt = folder, prefix, fmt
         self.ident = _safe_id(level1_id)
         self.sensor, self.date_time, self.param_log = sensor, date_time, param_log
         self.origin, self.provenance_dir = origin, provenance_dir
         self.lock_timeout = lock_timeout
+        self.num_threads = max(int(num_threads), 1)
         self.contrib = folder / CONTRIB_DIR / prefix
 
     def path(self, product: str) -> Path:
@@ -270,7 +318,8 @@ class _GroupWriter:
 
     # ------------------------------------------------------------------ metadata
     def _spec(self, product: Product, date_time: str, param_log: str,
-              contributors: list[str] | None) -> formats.RasterSpec:
+              contributors: list[str] | None, window: formats.Window | None = None
+              ) -> formats.RasterSpec:
         wl = product.wavelengths
         unit = product.wavelength_unit if wl is not None else "unknown"
         band_md = []
@@ -281,142 +330,294 @@ class _GroupWriter:
         ds_md = {"FORCE": formats.dataset_metadata(product.name, param_log)}
         if contributors is not None:
             ds_md["L2PS"] = {CONTRIB_KEY: ";".join(contributors)}
+            if window is not None:
+                ds_md["L2PS"][WINDOW_KEY] = window.tag()
         return formats.RasterSpec(tuple(product.band_names), product.nodata, ds_md, band_md)
 
-    def _write(self, path: Path, data: np.ndarray, grid: Grid, fmt: formats.OutputFormat,
-               spec: formats.RasterSpec, product: str) -> None:
-        atomic_write(path, lambda tmp: formats.write_raster(tmp, data, grid, fmt, spec, product))
+    # ------------------------------------------------------------------ files
+    def _overviews(self, product: Product, grid: Grid) -> tuple[list[int], str] | None:
+        """(factors, resampling) of the internal overviews of a COG tile file."""
+        if self.fmt.driver != "COG":
+            return None
+        opts = self.fmt.options_for(product.name)
+        f = formats.overview_factors(grid.ny, grid.nx, int(opts.get("BLOCKSIZE", formats.BLOCK)))
+        return (f, opts.get("OVERVIEW_RESAMPLING", "AVERAGE")) if f else None
 
-    def _write_chip(self, c: _Contribution, product: Product, grid: Grid) -> None:
-        spec = formats.RasterSpec(tuple(product.band_names), product.nodata,
-                                  {"L2PS": {"DATE": c.date, "PARAM": c.param,
-                                            "CONTRIBUTOR": c.ident}})
+    def _write_tile(self, path: Path, grid: Grid, product: Product, spec: formats.RasterSpec,
+                    layers: list[formats.Layer], tmp: Path) -> None:
+        atomic_write(path, lambda t: formats.write_tile(
+            t, grid, product.nbands, self.fmt, spec, product.name, layers, tmp,
+            num_threads=self.num_threads))
+
+    def _window_layer(self, product: Product, bands: list[np.ndarray], win: formats.Window,
+                      aligned: formats.Window, grid: Grid, tmp: Path) -> formats.Layer:
+        """This image's data (``bands``, covering ``win``) as a temporary window file
+        covering ``aligned`` (with the tile file's overviews for COG)."""
+        ovr = self._overviews(product, grid)
+        p = tmp / f"{product.name}.new.tif"
+        with _temp_errors(self.path(product.name)):
+            formats.write_window(p, bands, (win.row - aligned.row, win.col - aligned.col),
+                                 (aligned.height, aligned.width), _window_grid(grid, aligned),
+                                 product.nodata, overviews=ovr)
+        return formats.Layer(str(p), formats.Window(0, 0, aligned.height, aligned.width),
+                             aligned.row, aligned.col, tuple(ovr[0]) if ovr else ())
+
+    def _chip_tags(self, ident: str, date: str, param_: str, window: formats.Window):
+        return {"L2PS": {"DATE": date, "PARAM": param_, "CONTRIBUTOR": ident,
+                         "WINDOW": window.tag()}}
+
+    def _write_chip(self, product: Product, bands: list[np.ndarray], win: formats.Window,
+                    aligned: formats.Window, grid: Grid) -> _Chip:
+        """This image's contribution chip: the aligned data window only."""
         makedirs(self.contrib)
-        self._write(self.chip_path(c.ident, product.name), c.data, grid, _CHIP_FORMAT, spec,
-                    product.name)
+        path = self.chip_path(self.ident, product.name)
+        atomic_write(path, lambda t: formats.write_window(
+            t, bands, (win.row - aligned.row, win.col - aligned.col),
+            (aligned.height, aligned.width), _window_grid(grid, aligned), product.nodata,
+            options=_CHIP_FORMAT.options, descriptions=tuple(product.band_names),
+            tags=self._chip_tags(self.ident, self.date_time, self.param_log, aligned)))
+        return _Chip(self.ident, path, aligned, self.date_time, self.param_log)
 
-    def _read_chip(self, ident: str, product: str) -> _Contribution:
+    def _extract_chip(self, ident: str, product: Product, source: Path,
+                      window: formats.Window, date: str, param_: str, grid: Grid,
+                      tmp: Path) -> _Chip:
+        """Save ``window`` of the existing tile file ``source`` (the content of its only
+        contributor ``ident``) as that contributor's chip; GDAL copies the pixels."""
+        makedirs(self.contrib)
+        path = self.chip_path(ident, product.name)
+        spec = formats.RasterSpec(tuple(product.band_names), product.nodata,
+                                  self._chip_tags(ident, date, param_, window))
+        layer = formats.Layer(str(source), window, 0, 0)
+        atomic_write(path, lambda t: formats.write_tile(
+            t, _window_grid(grid, window), product.nbands, _CHIP_FORMAT, spec,
+            product.name, [layer], tmp, num_threads=self.num_threads))
+        return _Chip(ident, path, window, date, param_)
+
+    def _read_chip(self, ident: str, product: Product, grid: Grid) -> _Chip:
+        """Header of a stored contribution chip (its window from its geotransform)."""
         import rasterio
-        p = self.chip_path(ident, product)
+        p = self.chip_path(ident, product.name)
         try:
             with rasterio.open(str(p)) as ds:
                 tags = ds.tags(ns="L2PS")
-                return _Contribution(ident, ds.read(), tags.get("DATE", ""), tags.get("PARAM", ""))
+                t = ds.transform
+                win = formats.Window(int(round((grid.y0 - t.f) / grid.dy)),
+                                     int(round((t.c - grid.x0) / grid.dx)), ds.height, ds.width)
+                count = ds.count
         except Exception as e:
             raise OutputError(f"{p}: contribution chip missing or unreadable ({e}); the tile "
-                              f"file {self.path(product)} lists {ident} as contributor") from e
+                              f"file {self.path(product.name)} lists {ident} as contributor") from e
+        if count != product.nbands or not formats.Window(0, 0, grid.ny, grid.nx).contains(win):
+            raise OutputError(f"{p}: {count} bands at window ({win.tag()}) do not fit the "
+                              f"tile's {product.nbands} bands of {grid.ny}x{grid.nx} pixels")
+        return _Chip(ident, p, win, tags.get("DATE", ""), tags.get("PARAM", ""))
+
+    def _merge_window(self, product: Product, chips: list[_Chip], region: formats.Window,
+                      grid: Grid, tmp: Path) -> formats.Layer:
+        """The merged content of ``region`` from all ``chips``, as a temporary window file
+        (with overviews for COG); computed strip by strip, band by band."""
+        import rasterio
+        ovr = self._overviews(product, grid)
+        p = tmp / f"{product.name}.merged.tif"
+        nodata = product.nodata
+        profile = formats.window_profile((region.height, region.width),
+                                         _window_grid(grid, region), nodata, product.nbands)
+        with _temp_errors(self.path(product.name)), contextlib.ExitStack() as stack:
+            srcs = [(c, stack.enter_context(rasterio.open(str(c.path)))) for c in chips]
+            with rasterio.open(str(p), "w", **profile) as out:
+                for s in range(region.row, region.row1, _STRIP):
+                    strip = formats.Window(s, region.col, min(_STRIP, region.row1 - s),
+                                           region.width)
+                    for b in range(1, product.nbands + 1):
+                        layers = []
+                        for c, ds in srcs:
+                            a = np.full((strip.height, strip.width), nodata, dtype=np.int16)
+                            i = strip.intersection(c.window)
+                            if i is not None:
+                                a[i.shift(-strip.row, -strip.col).slices()] = ds.read(
+                                    b, window=i.shift(-c.window.row, -c.window.col).rio())
+                            layers.append(a)
+                        out.write(_combine(product.name, layers, nodata), b,
+                                  window=strip.shift(-region.row, -region.col).rio())
+                if ovr:
+                    out.build_overviews(ovr[0], formats._resampling(ovr[1]))
+        return formats.Layer(str(p), formats.Window(0, 0, region.height, region.width),
+                             region.row, region.col, tuple(ovr[0]) if ovr else ())
 
     # ------------------------------------------------------------------ one product
-    def _update_product(self, product: Product, data: np.ndarray, grid: Grid
-                        ) -> tuple[np.ndarray, str]:
-        """Write ``data`` (this image's chip) into the product file; returns the merged
-        content and the mode (create/update)."""
+    def _update_product(self, product: Product, bands: list[np.ndarray], win: formats.Window,
+                        grid: Grid, tmp: Path) -> tuple[str, formats.Window]:
+        """Write this image's ``bands`` (covering ``win`` of the tile) into the product
+        file; returns the mode (create/update) and the file's data window."""
         import rasterio
         path = self.path(product.name)
-        new = _Contribution(self.ident, data, self.date_time, self.param_log)
+        aligned = win.snap(formats.window_alignment(grid.ny, grid.nx), grid.ny, grid.nx)
         if not path.exists():
             # chips without their tile file belong to a deleted file: drop them
             remove_quietly(self.contrib.glob(f"*_{product.name}.tif") if self.contrib.exists() else [])
-            self._write(path, data, grid, self.fmt,
-                        self._spec(product, self.date_time, self.param_log, [self.ident]),
-                        product.name)
-            return data, "create"
+            layer = self._window_layer(product, bands, win, aligned, grid, tmp)
+            self._write_tile(path, grid, product, self._spec(
+                product, self.date_time, self.param_log, [self.ident], aligned), [layer], tmp)
+            return "create", aligned
         try:
             with rasterio.open(str(path)) as ds:
-                old = ds.read()
-                contrib_tag = ds.tags(ns="L2PS").get(CONTRIB_KEY)
+                shape = (ds.count, ds.height, ds.width)
+                l2ps_tags = ds.tags(ns="L2PS")
                 old_date = ds.tags(1, ns="FORCE").get("Date", "")
                 old_param = ds.tags(ns="FORCE").get("FORCE_param", "")
+                old_ovr = tuple(ds.overviews(1))
         except Exception as e:
             raise OutputError(f"{path}: existing file cannot be read for merging: {e}") from e
-        if old.shape != data.shape:
-            raise OutputError(f"{path}: existing file has {old.shape[0]} bands of "
-                              f"{old.shape[1]}x{old.shape[2]} pixels, the new chip "
-                              f"{data.shape[0]} bands of {data.shape[1]}x{data.shape[2]}; "
+        if shape != (product.nbands, grid.ny, grid.nx):
+            raise OutputError(f"{path}: existing file has {shape[0]} bands of "
+                              f"{shape[2]}x{shape[1]} pixels, the new chip "
+                              f"{product.nbands} bands of {grid.nx}x{grid.ny}; "
                               f"remove it or use a new DIR_LEVEL2")
-        contributors = [c for c in (contrib_tag or "").split(";") if c] or [UNKNOWN_CONTRIBUTOR]
+        tile = formats.Window(0, 0, grid.ny, grid.nx)
+        old_window = formats.Window.parse(l2ps_tags.get(WINDOW_KEY)) or tile
+        contributors = ([c for c in (l2ps_tags.get(CONTRIB_KEY) or "").split(";") if c]
+                        or [UNKNOWN_CONTRIBUTOR])
         if contributors == [self.ident]:
-            self._write(path, data, grid, self.fmt,
-                        self._spec(product, self.date_time, self.param_log, [self.ident]),
-                        product.name)
-            return data, "update"
+            layer = self._window_layer(product, bands, win, aligned, grid, tmp)
+            self._write_tile(path, grid, product, self._spec(
+                product, self.date_time, self.param_log, [self.ident], aligned), [layer], tmp)
+            return "update", aligned
         others = [c for c in contributors if c != self.ident]
         if len(contributors) == 1:
             # second distinct image: the file content is the first contributor's chip
-            first = _Contribution(others[0], old.astype(data.dtype, copy=False), old_date, old_param)
-            self._write_chip(first, product, grid)
-            contribs = [first]
+            chips = [self._extract_chip(others[0], product, path, old_window, old_date,
+                                        old_param, grid, tmp)]
         else:
-            contribs = [self._read_chip(c, product.name) for c in others]
-            for c in contribs:
-                if c.data.shape != data.shape:
-                    raise OutputError(f"{self.chip_path(c.ident, product.name)}: shape "
-                                      f"{c.data.shape} differs from the tile's {data.shape}")
-        self._write_chip(new, product, grid)
-        contribs.append(new)
-        contribs.sort(key=lambda c: c.ident)
-        merged = _combine(product.name, contribs, product.nodata).astype(data.dtype, copy=False)
-        primary = min(contribs, key=lambda c: (c.date or "~", c.ident))
-        self._write(path, merged, grid, self.fmt,
-                    self._spec(product, primary.date or self.date_time, primary.param,
-                               [c.ident for c in contribs]), product.name)
-        return merged, "update"
+            chips = [self._read_chip(c, product, grid) for c in others]
+        changed = aligned
+        if self.ident in contributors and self.chip_path(self.ident, product.name).exists():
+            changed = changed.union(self._read_chip(self.ident, product, grid).window)
+        changed = changed.snap(formats.window_alignment(grid.ny, grid.nx), grid.ny, grid.nx)
+        chips.append(self._write_chip(product, bands, win, aligned, grid))
+        chips.sort(key=lambda c: c.ident)
+        layers = []
+        if not changed.contains(old_window):
+            # unchanged pixels: copied from the existing file by GDAL
+            layers.append(formats.Layer(str(path), old_window, old_window.row,
+                                        old_window.col, old_ovr))
+        layers.append(self._merge_window(product, chips, changed, grid, tmp))
+        primary = min(chips, key=lambda c: (c.date or "~", c.ident))
+        self._write_tile(path, grid, product, self._spec(
+            product, primary.date or self.date_time, primary.param,
+            [c.ident for c in chips], old_window.union(changed)), layers, tmp)
+        return "update", old_window.union(changed)
 
     # ------------------------------------------------------------------ all products
-    def write(self, products: list[Product], chips: list[np.ndarray], grid: Grid,
-              ovv: bool, res: float) -> list[WrittenFile]:
+    def write(self, products: list[Product], bands: list[list[np.ndarray]],
+              window: formats.Window, grid: Grid, ovv: bool, res: float) -> list[WrittenFile]:
+        """Write ``products`` into this folder's tile files of ``grid``; ``bands[k]`` are
+        the bands of ``products[k]`` inside ``window`` (tile pixels; views are fine)."""
+        import shutil
+        import tempfile
         makedirs(self.folder)
         paths = [self.path(p.name) for p in products]
         if ovv:
             paths.append(self.path("OVV"))
         written: list[WrittenFile] = []
-        merged: dict[str, np.ndarray] = {}
+        windows: dict[str, formats.Window] = {}
         with file_locks(paths, self.lock_timeout):
-            for p, chip in zip(products, chips):
-                data, mode = self._update_product(p, chip, grid)
-                merged[p.name] = data
-                written.append(WrittenFile(self.path(p.name), mode))
-            if ovv:
-                refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
-                rgb = [None, None, None]
-                if refl is not None and all(n in refl.band_names for n in ("RED", "GREEN", "BLUE")):
-                    arr = merged[refl.name]
-                    rgb = [arr[refl.band_names.index(n)] for n in ("RED", "GREEN", "BLUE")]
-                img = quicklook(refl, *rgb, merged["QAI"][0].view(np.uint16), res)
-                path = self.path("OVV")
-                mode = "update" if path.exists() else "create"
-                ovv_grid = Grid(grid.crs_wkt, grid.x0, grid.y0, grid.dx * grid.nx / img.shape[2],
-                                grid.dy * grid.ny / img.shape[1], img.shape[2], img.shape[1])
-                spec = formats.RasterSpec(("RED", "GREEN", "BLUE"), None,
-                                          {"FORCE": formats.dataset_metadata("OVV", self.param_log)})
-                self._write(path, img, ovv_grid, formats.output_format("JPEG"), spec, "OVV")
-                written.append(WrittenFile(path, mode))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.prefix}.tmp-", dir=self.folder))
+            try:
+                for p, bl in zip(products, bands):
+                    mode, windows[p.name] = self._update_product(p, bl, window, grid, tmp)
+                    written.append(WrittenFile(self.path(p.name), mode))
+                if ovv:
+                    written.append(self._write_ovv(products, windows, grid, res))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         if self.provenance_dir:
             for w in written:
                 append_provenance(self.provenance_dir, w.path, self.origin, w.mode)
         return written
 
+    def _write_ovv(self, products: list[Product], windows: dict[str, formats.Window],
+                   grid: Grid, res: float) -> WrittenFile:
+        """OVV (spec 03 §3.4) sampled from the merged BOA/TOA and QAI files."""
+        ii, jj = _ovv_indices(grid.ny, grid.nx, res)
+        q = _sample_file(self.path("QAI"), [1], windows["QAI"], ii, jj, qai_mod.QAI_NODATA)[0]
+        refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
+        rgb = None
+        if refl is not None and all(n in refl.band_names for n in ("RED", "GREEN", "BLUE")):
+            idx = [refl.band_names.index(n) + 1 for n in ("RED", "GREEN", "BLUE")]
+            rgb = _sample_file(self.path(refl.name), idx, windows[refl.name], ii, jj, refl.nodata)
+        img = _ovv_colours(rgb, q.view(np.uint16))
+        path = self.path("OVV")
+        mode = "update" if path.exists() else "create"
+        ovv_grid = Grid(grid.crs_wkt, grid.x0, grid.y0, grid.dx * grid.nx / img.shape[2],
+                        grid.dy * grid.ny / img.shape[1], img.shape[2], img.shape[1])
+        spec = formats.RasterSpec(("RED", "GREEN", "BLUE"), None,
+                                  {"FORCE": formats.dataset_metadata("OVV", self.param_log)})
+        atomic_write(path, lambda t: formats.write_raster(
+            t, img, ovv_grid, formats.output_format("JPEG"), spec, "OVV"))
+        return WrittenFile(path, mode)
+
+
+@contextlib.contextmanager
+def _temp_errors(target: Path):
+    """Failures while writing temporary files for ``target`` (ENOSPC, GDAL errors)
+    become an :class:`OutputError` naming ``target``, as those of the file itself."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except Exception as e:
+        if isinstance(e, OSError) or _is_gdal_error(e):
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            raise OutputError(f"{target}: write failed ({reason}); the existing file, if "
+                              f"any, is unchanged") from e
+        raise
+
+
+def _window_grid(grid: Grid, window: formats.Window) -> Grid:
+    """The pixel grid of ``window`` of ``grid``."""
+    return Grid(grid.crs_wkt, grid.x0 + window.col * grid.dx, grid.y0 - window.row * grid.dy,
+                grid.dx, grid.dy, window.width, window.height)
+
 
 # ========================================================================= write_cube
-def _chip(band: np.ndarray, row: int, col: int, ny: int, nx: int, nodata) -> np.ndarray:
-    H, W = band.shape
-    if row >= 0 and col >= 0 and row + ny <= H and col + nx <= W:
-        return band[row:row + ny, col:col + nx]
-    out = np.full((ny, nx), nodata, dtype=band.dtype)
-    r0, c0 = max(row, 0), max(col, 0)
-    r1, c1 = min(row + ny, H), min(col + nx, W)
-    if r1 > r0 and c1 > c0:
-        out[r0 - row:r1 - row, c0 - col:c1 - col] = band[r0:r1, c0:c1]
-    return out
+def _data_window(q: np.ndarray, window: formats.Window) -> tuple[formats.Window | None, int, int]:
+    """Bounding box (in ``q``'s pixels) of the valid QAI pixels inside ``window`` of the
+    warped QAI ``q``, with the number of valid and of cloudy pixels (spec 03 §2.7).
+    Works in strips: no temporary of the window's size."""
+    rows = np.zeros(window.height, dtype=bool)
+    cols = np.zeros(window.width, dtype=bool)
+    ndata = ncld = 0
+    for s in range(window.row, window.row1, _STRIP):
+        qs = q[s:min(s + _STRIP, window.row1), window.col:window.col1]
+        v = qai_mod.is_valid(qs)
+        ndata += int(np.count_nonzero(v))
+        ncld += int(np.count_nonzero(qai_mod.cloud_or_shadow(qs)))
+        rows[s - window.row:s - window.row + qs.shape[0]] = v.any(axis=1)
+        cols |= v.any(axis=0)
+    if not ndata:
+        return None, 0, 0
+    r = np.nonzero(rows)[0]
+    c = np.nonzero(cols)[0]
+    return (formats.Window(window.row + int(r[0]), window.col + int(c[0]),
+                           int(r[-1] - r[0]) + 1, int(c[-1] - c[0]) + 1), ndata, ncld)
 
 
-def _stack(product: Product, row: int, col: int, ny: int, nx: int) -> np.ndarray:
-    """(bands, ny, nx) chip in the on-disk type (QAI: uint16 in memory, Int16 on disk;
-    bit 15 is never set, so the values are identical)."""
-    arr = np.stack([_chip(b, row, col, ny, nx, product.nodata) for b in product.bands])
-    if arr.dtype == np.uint16:
-        arr = arr.view(np.int16)
-    return arr
+def _views(products: list[Product], window: formats.Window) -> list[list[np.ndarray]]:
+    """Every band of every product inside ``window`` (views, no copies)."""
+    return [[b[window.slices()] for b in p.bands] for p in products]
+
+
+def _with_dst(warped: list[Product], target: Grid, enabled: bool) -> list[Product]:
+    """Add the DST product (spec 02 §8.6) computed on the warped QAI (``warped[0]``) when
+    OUTPUT_DST and the caller did not pass one: distance in m to the nearest cloud > 0,
+    shadow or snow pixel, capped at 32767, nodata −9999. Kept in FORCE's product order."""
+    if not enabled or any(p.name == "DST" for p in warped):
+        return warped
+    from ..clouds.finalize import cloud_distance
+    dst = Product("DST", [cloud_distance(warped[0].bands[0], target.res)], [target], ("DST",),
+                  -9999, 1.0, resampling="nearest",
+                  description="Distance to the nearest cloud, cloud shadow or snow (m)")
+    return _order(warped + [dst])
 
 
 def _order(products: list[Product]) -> list[Product]:
@@ -464,6 +665,7 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
     fmt = formats.output_format(str(param(params, "OUTPUT_FORMAT", "COG")),
                                 param(params, "FILE_OUTPUT_OPTIONS", None))
     ovv = as_bool(param(params, "OUTPUT_OVV", False))
+    dst = as_bool(param(params, "OUTPUT_DST", False))
     nthread = int(num_threads if num_threads is not None else param(params, "NTHREAD", 1))
     prov = param(params, "DIR_PROVENANCE", None)
     acquired = acquired or datetime.strptime(str(date), "%Y%m%d")
@@ -476,7 +678,7 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
         return _GroupWriter(folder, prefix, fmt, level1_id=level1_id, sensor=sensor,
                             date_time=date_time, param_log=param_log,
                             origin=str(origin or level1_id), provenance_dir=prov,
-                            lock_timeout=lock_timeout)
+                            lock_timeout=lock_timeout, num_threads=nthread)
 
     # ------------------------------------------------------------------ untiled
     if not do_tile:
@@ -491,9 +693,13 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             target = Grid(cube.wkt, float(left), float(top), res, res, max(nx, 1), max(ny, 1))
         else:
             target = native
-        warped = warp_products(prods, target, num_threads=nthread)
-        chips = [_stack(p, 0, 0, target.ny, target.nx) for p in warped]
-        result.files += group(out_dir / refsys_id).write(warped, chips, target, ovv, res)
+        warped = _with_dst(warp_products(prods, target, num_threads=nthread), target, dst)
+        win, _, _ = _data_window(warped[0].bands[0], formats.Window(0, 0, target.ny, target.nx))
+        if win is None:
+            result.tiles_empty.append(refsys_id)
+            return result
+        result.files += group(out_dir / refsys_id).write(warped, _views(warped, win), win,
+                                                         target, ovv, res)
         result.tiles_written.append(refsys_id)
         return result
 
@@ -514,7 +720,7 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
         result.cubes.append(cube)
         fp = grid_footprint(native, cube.wkt)
         target = cube.aligned_grid(fp, res)
-        warped = warp_products(prods, target, num_threads=nthread)
+        warped = _with_dst(warp_products(prods, target, num_threads=nthread), target, dst)
         q = warped[0].bands[0]
         tnx, tny = cube.tile_pixels(res)
         for X, Y in cube.tile_range(fp).tiles():
@@ -526,19 +732,19 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             ulx, uly = cube.tile_ul(X, Y)
             col = int(round((ulx - target.x0) / res))
             row = int(round((target.y0 - uly) / res))
-            qchip = _chip(q, row, col, tny, tnx, qai_mod.QAI_NODATA)
-            valid = qai_mod.is_valid(qchip)
-            ndata = int(np.count_nonzero(valid))
-            if ndata == 0:
+            # the tile in target pixels, clipped to the target: outside, all is nodata
+            inside = formats.Window(row, col, tny, tnx).intersection(
+                formats.Window(0, 0, target.ny, target.nx))
+            win, ndata, ncld = _data_window(q, inside) if inside else (None, 0, 0)
+            if win is None:
                 result.tiles_empty.append(label)
                 continue
-            ncld = int(np.count_nonzero(qai_mod.cloud_or_shadow(qchip)))
             cc = 100.0 * ncld / ndata
             if cc > max_cc:
                 result.tiles_skipped_cloud[label] = cc
                 continue
             tgrid = cube.tile_grid(X, Y, res)
-            chips = [_stack(p, row, col, tny, tnx) for p in warped]
-            result.files += group(cdir / tname).write(warped, chips, tgrid, ovv, res)
+            result.files += group(cdir / tname).write(warped, _views(warped, win),
+                                                      win.shift(-row, -col), tgrid, ovv, res)
             result.tiles_written.append(label)
     return result

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -450,6 +451,12 @@ def _cloud_alpha(kind: str, r: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+# default of SceneOptions.shift_m, so that l2ps.synth.coreg can shift the content of a product
+# made by make_landsat/make_sentinel2 (which build their SceneOptions themselves)
+CONTENT_SHIFT_M: ContextVar[tuple[float, float]] = ContextVar("content_shift_m",
+                                                             default=(0.0, 0.0))
+
+
 @dataclass
 class SceneOptions:
     seed: int = 0
@@ -461,6 +468,10 @@ class SceneOptions:
     surface_temperature: float = 295.0   # K at the base elevation (thermal bands)
     snow_line: float | None = None   # m a.s.l.; default: high parts of the mountains
     bright_targets: int | None = None  # number of saturating targets (default: by area)
+    # ground content displaced by (east, north) metres relative to the pixel grid (a product
+    # misregistered by a known offset, for co-registration tests); None: CONTENT_SHIFT_M
+    shift_m: tuple[float, float] | None = None
+    fine_texture: float = 0.0        # sub-20 m surface texture amplitude (0 = off; see covers)
 
 
 class Scene:
@@ -490,6 +501,10 @@ class Scene:
         self.lat_sand = L("sand", 3000.0)
         self.lat_veg = [L("veg0", 900.0), L("veg1", 220.0)]
         self.lat_bright = L("brightness", 150.0)
+        # optional sub-20 m texture (vegetation fraction, brightness, wetness): drawn only
+        # when asked for, from their own substreams, so default scenes are unchanged
+        self.lat_fine = [L("fine-veg", 40.0), L("fine-bright", 25.0), L("fine-wet", 60.0)] \
+            if options.fine_texture > 0 else None
         self.lat_aod = L("aod", 20000.0)
         self.lat_wv = L("wv", 25000.0)
         self.lat_temp = L("temp", 1200.0)
@@ -596,9 +611,13 @@ class Scene:
         veg -= 0.5 * mask * np.clip((z - self.z_base) / max(self.relief_amp, 1.0), 0, 1)
         veg[cls == code["urban"]] *= 0.35
         veg[cls == code["sand"]] *= 0.15
+        if self.lat_fine is not None:     # sub-20 m vegetation texture (fields, crowns)
+            veg += 0.15 * self.opt.fine_texture * self.lat_fine[0].grid(xs, ys, 3)
         veg = np.clip(veg, 0, 1)
         veg[(cls == code["water"]) | (cls == code["snow"])] = 0
         bright = 1.0 + 0.08 * self.lat_bright.grid(xs, ys, 1)
+        if self.lat_fine is not None:     # sub-20 m brightness texture (all bands alike)
+            bright *= 1.0 + 0.06 * self.opt.fine_texture * self.lat_fine[1].grid(xs, ys, 3)
         if rows is not None:
             bright += 0.02 * hash_noise(rows, cols, self.opt.seed)
         for (x0, y0, x1, y1) in self.targets:
@@ -608,10 +627,22 @@ class Scene:
             bright[inside] = 1.0
         return cls, veg.astype(np.float32), bright.astype(np.float32)
 
-    def surface(self, band_idx: int, cls, veg, bright) -> np.ndarray:
-        """Surface reflectance of reflective band ``band_idx`` (index into self.doms)."""
+    def surface(self, band_idx: int, cls, veg, bright, wet=None) -> np.ndarray:
+        """Surface reflectance of reflective band ``band_idx`` (index into self.doms);
+        ``wet`` (optional, 0..~0.3) darkens by 1 − wet·k(λ), k from 0.3 (blue) to 1 (SWIR)."""
         base = self.cover_table[:, band_idx][cls]
-        return (bright * ((1 - veg) * base + veg * self.veg_spec[band_idx])).astype(np.float32)
+        rho = bright * ((1 - veg) * base + veg * self.veg_spec[band_idx])
+        if wet is not None:
+            wl = self.centres[self.doms[band_idx]]
+            rho = rho * (1.0 - wet * (0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0)))
+        return rho.astype(np.float32)
+
+    def wetness(self, xs, ys):
+        """Sub-20 m surface wetness (0..~0.3) when ``fine_texture`` > 0, else None."""
+        if self.lat_fine is None:
+            return None
+        w = 0.12 * self.opt.fine_texture * np.maximum(self.lat_fine[2].grid(xs, ys, 3), 0)
+        return w.astype(np.float32)
 
     def aod_field(self, xs, ys, z):
         """AOD at 550 nm: scene value ±15 % (50 km structures), less over mountains."""
@@ -695,8 +726,9 @@ class Scene:
         g = self.grid
         rows = np.arange(row0, row0 + nrows)
         cols = np.arange(g.nx)
-        xs = g.x0 + (cols + 0.5) * g.dx
-        ys = g.y0 - (rows + 0.5) * g.dy
+        shift = self.opt.shift_m if self.opt.shift_m is not None else CONTENT_SHIFT_M.get()
+        xs = g.x0 + (cols + 0.5) * g.dx - float(shift[0])   # content at (x − Δx, y − Δy)
+        ys = g.y0 - (rows + 0.5) * g.dy - float(shift[1])
         # DEM with a one-pixel halo for slopes
         xh = np.concatenate([[xs[0] - g.dx], xs, [xs[-1] + g.dx]])
         yh = np.concatenate([[ys[0] + g.dy], ys, [ys[-1] - g.dy]])
@@ -726,7 +758,7 @@ class Scene:
         vza, vaa = self.geo.view_angles(xs[None, :], ys[:, None])
         return dict(row0=row0, rows=rows, cols=cols, xs=xs, ys=ys, z=z, slope=slope, cos_i=cos_i,
                     skyview=skyview, cls=cls, veg=veg, bright=bright, aod=aod, wv=wv,
-                    sza=sza, saa=saz, shade=shade, vza=vza, vaa=vaa)
+                    sza=sza, saa=saz, shade=shade, vza=vza, vaa=vaa, wet=self.wetness(xs, ys))
 
     def cloud_cover(self, blk: dict, beta: float = 0.0):
         """(list of cloud alphas, class mask) for the view geometry of a band."""
@@ -748,7 +780,7 @@ class Scene:
         """(surface reflectance, TOA reflectance) of a reflective band for a block."""
         dom = self.doms[band_idx]
         wl = self.centres[dom]
-        rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"])
+        rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], blk.get("wet"))
         env = self.env(band_idx, blk["xs"], blk["ys"])
         z_km = blk["z"] / 1000.0
         fdir = direct_fraction(wl, blk["sza"], blk["aod"], z_km)

@@ -143,13 +143,19 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                    water_vapor: float = 1.5, relief: float = 1.0, nadir_offset_km: float = 60.0,
                    datatake_lead_s: float = 30.0, cloud_fraction: float = 0.15,
                    snow_line: float | None = None, bright_targets: int | None = None,
-                   block_rows: int | None = None) -> SynthProduct:
+                   block_rows: int | None = None, fine_texture: float = 0.0,
+                   truth_10m: bool = False) -> SynthProduct:
     """Write a synthetic Sentinel-2 L1C product (SAFE folder or zip) and its truth.
 
     ``size``: (n, n) in 10 m pixels (n divisible by 6) or "full" (10980). ``form``: "safe" or
     "zip". ``baseline``: processing baseline ("02.09", "04.00", ...). ``nadir_offset_km``:
     cross-track distance of the tile centre west of the ground track (larger values push the
-    swath edge into the tile). Returns a :class:`SynthProduct` (``path`` = .SAFE or .zip).
+    swath edge into the tile). ``fine_texture``: amplitude of sub-20 m surface texture
+    (vegetation fraction, brightness, wetness; spectrally correlated), 0 = off (default scene).
+    ``truth_10m``: also write the 20 m and 60 m bands' truth as rendered at 10 m
+    (``surface_10m_Bxx.tif``, ``toa_10m_Bxx.tif``; their 20/60 m DN are the block means of
+    it), the reference for the resolution merge. Returns a :class:`SynthProduct`
+    (``path`` = .SAFE or .zip).
     """
     spec = sensor_spec(sensor)
     if spec.mission != "sentinel2":
@@ -194,7 +200,7 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                    nadir_xy=nadir_xy, north_grid=ng, sun_step=500.0)
     opts = SceneOptions(seed=seed, relief=relief, clouds=clouds, cloud_fraction=cloud_fraction,
                         aod=aod, water_vapor=water_vapor, snow_line=snow_line,
-                        bright_targets=bright_targets)
+                        bright_targets=bright_targets, fine_texture=fine_texture)
     scene = Scene(sensor, geo, opts, band_beta=BAND_BETA)
 
     # ---------------- names
@@ -260,6 +266,11 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                 rho, toa = scene.toa_band(blk, bi, alphas)
                 k = RES[b] // 10
                 ins = inside
+                if k > 1 and truth_10m:
+                    truth.write(f"surface_10m_{b}", r0, np.where(inside, refl_int16(rho), -9999),
+                                "int16", nodata=-9999)
+                    truth.write(f"toa_10m_{b}", r0, np.where(inside, refl_int16(toa), -9999),
+                                "int16", nodata=-9999)
                 if k > 1:
                     rho, toa = _block_mean(rho, k), _block_mean(toa, k)
                     ins = _block_mean(inside.astype(np.float32), k) > 0.999
@@ -373,6 +384,7 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
         "earth_sun_distance": earth_sun_distance(sensing),
         "atmosphere": atmosphere_name(), "aod550": aod, "water_vapor": water_vapor,
         "relief": relief, "base_elevation_m": scene.z_base,
+        **({"fine_texture": fine_texture} if fine_texture else {}),
         "dn_model": ("DN = round(rho_toa * 10000) + 1000" if offset else
                      "DN = round(rho_toa * 10000)") + "; 0 = nodata, 65535 = saturated",
         "clouds": [_cloud(c) for c in scene.clouds],
@@ -383,7 +395,10 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
         "bright_targets": [list(t) for t in scene.targets],
         "layers": {**{k: v[2] for k, v in TRUTH_LAYERS.items()},
                    **{f"surface_{b}": f"surface reflectance x10000 at {RES[b]} m" for b in BANDS},
-                   **{f"toa_{b}": f"TOA reflectance x10000 at {RES[b]} m" for b in BANDS}},
+                   **{f"toa_{b}": f"TOA reflectance x10000 at {RES[b]} m" for b in BANDS},
+                   **({f"{k}_10m_{b}": f"{k} reflectance x10000 rendered at 10 m"
+                       for b in BANDS if RES[b] > 10 for k in ("surface", "toa")}
+                      if truth_10m else {})},
         "covers": {str(i + 1): c for i, c in enumerate(spectra.COVERS)},
     }
     with open(os.path.join(truth_dir, "truth.json"), "w") as fh:

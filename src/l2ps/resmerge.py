@@ -1,0 +1,671 @@
+"""Sentinel-2 resolution merge: the six 20 m bands on the 10 m grid (spec 03 §4, RES_MERGE).
+
+Runs on the Sentinel-2 TOA (int16 ×10000) after cloud detection (and co-registration),
+before the atmospheric correction. Targets ("coarse" bands): REDEDGE1–3, NIR (B8A), SWIR1,
+SWIR2, read at their native 20 m grid (``scene.grids[d]``). Predictors ("fine" bands):
+GREEN, RED and BROADNIR (B08) on the 10 m processing grid. A target pixel is merged when its
+QAI is not nodata, not cloud (any state > 0) and not shadow, and all nine bands are valid
+there; every other pixel keeps the nearest-neighbour (2×2 replicated) value.
+
+Methods (``RES_MERGE``):
+
+* ``NONE`` — nearest-neighbour replication of the 20 m value onto the 10 m grid.
+* ``REGRESSION`` — per pixel and band an ordinary least-squares fit ``y = a + b·[G, R,
+  BNIR]`` over the valid pixels of the 5×5 window (cloudy neighbours take part, nodata ones
+  do not), evaluated at the centre. The window sums are exact integer (int64) running sums
+  of the ×10000 values, so the result does not depend on how rows are split among threads;
+  the 3×3 centred normal equations are solved with column scaling and a pivoted Cholesky
+  that drops (numerically) collinear predictors — at the centre, which is one of the fitted
+  rows, every least-squares solution predicts the same value, as GSL's truncated SVD does.
+  FORCE pads windows with fewer than 25 valid pixels with rows ``[1,0,0,0] → 0``; those rows
+  are not data and pull the fit toward zero at image and nodata edges, so they are dropped
+  here (docs/deviations.d/resmerge.md).
+* ``IMPROPHE`` (default) — the spectral-similarity weighted mean of the replicated 20 m
+  values within the 13-pixel circular kernel (radius 2), thresholds 0.0025 … 0.025 of the
+  mean absolute G/R/BNIR difference, at least 3 neighbours per similarity class, weights
+  ``1/(1 + exp(25·(S − min)/(max − min) − 7.5))``. The thresholds are compared as exact
+  integers (sum of the three ×10000 differences against 75, 150, 300, 600, 750).
+* ``STARFM`` — spectral STARFM with the base pairs (G + R)/2 and BNIR: their 20 m
+  simulation (5×5 Gaussian σ = 0.5 px, then the mean over each 20 m pixel — the true 20 m
+  pixel, not FORCE's running block counter, spec [BUG?]), candidates in the 3×3 window
+  within ``2·std/40`` of the centre and within the residual uncertainties, prediction
+  ``Σ W·(target + fine − simulated coarse)``. Cloud and shadow targets keep their
+  replicated values here too (FORCE merges them).
+
+Results are written as ``round(value)`` in the ×10000 scale (FORCE truncates toward zero;
+see the deviations), clipped to the int16 range; −9999 stays reserved for nodata. All
+kernels are numba ``parallel`` loops over rows with per-pixel work in a fixed order, so the
+result is the same for any number of threads. Memory: int16 in and out (one (6, ny, nx)
+int16 block for the six merged bands), STARFM adds two float32 arrays at 20 m.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from numba import njit, prange
+
+from .errors import Level1Error, ParameterError, ProcessingError
+from .scene import Scene, nearest_index
+
+#: bands to merge, in FORCE's order (spec 03 §4)
+TARGETS = ("REDEDGE1", "REDEDGE2", "REDEDGE3", "NIR", "SWIR1", "SWIR2")
+#: 10 m predictor bands
+PREDICTORS = ("GREEN", "RED", "BROADNIR")
+METHODS = ("NONE", "REGRESSION", "IMPROPHE", "STARFM")
+
+NODATA = -9999
+#: QAI bits that exclude a pixel from being merged: nodata (0), cloud (1–2), shadow (3)
+_SKIP_BITS = 0b1111
+
+# IMPROPHE: Sthr = {0.0025, 0.005, 0.01, 0.02, 0.025} on the mean |Δρ| of three bands,
+# compared as the sum of the three ×10000 differences: 3·10000·Sthr
+_IMPROPHE_SUM_THR = np.array([75, 150, 300, 600, 750], dtype=np.int64)
+_IMPROPHE_MINK = 3
+# STARFM constants (reflectance units)
+_STARFM_UNC = 0.002 * math.sqrt(2.0)
+_STARFM_UNC_ALL = 0.004
+# REGRESSION: pivot (1 − R² of a predictor on the previous ones) below which it is dropped
+_REG_PIVOT_TOL = 1e-10
+_REG_CHUNK = 32          # rows per parallel work item (running sums restart per chunk)
+
+
+# ------------------------------------------------------------------------------ helpers
+@njit(cache=True, inline="always")
+def _to_int16(v: float) -> int:
+    """Round half away from zero, clip to the int16 range, never produce the nodata value."""
+    if v >= 0.0:
+        k = math.floor(v + 0.5)
+    else:
+        k = -math.floor(-v + 0.5)
+    if k > 32767:
+        k = 32767
+    elif k < -32767:
+        k = -32767
+    if k == -9999:
+        k = -9998
+    return int(k)
+
+
+@njit(cache=True, inline="always")
+def _valid(g, r, n, qai, coarse, rmap, cmap, i, j) -> bool:
+    """Usable as a neighbour: not QAI nodata and all nine band values present."""
+    if qai[i, j] & 1:
+        return False
+    if g[i, j] == -9999 or r[i, j] == -9999 or n[i, j] == -9999:
+        return False
+    ci = rmap[i]
+    cj = cmap[j]
+    for b in range(len(coarse)):
+        if coarse[b][ci, cj] == -9999:
+            return False
+    return True
+
+
+@njit(cache=True, parallel=True)
+def _replicate(coarse, rmap, cmap, out):
+    """NONE: nearest-neighbour copy of each coarse band onto the fine grid."""
+    nb, ny, nx = out.shape
+    for i in prange(ny):
+        ci = rmap[i]
+        for b in range(nb):
+            src = coarse[b]
+            for j in range(nx):
+                out[b, i, j] = src[ci, cmap[j]]
+
+
+# ------------------------------------------------------------------------------ IMPROPHE
+@njit(cache=True, parallel=True)
+def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, out):
+    """IMPROPHE (spec 03 §4): see the module docstring. ``off_i/off_j``: kernel offsets
+    (centre included); ``thr``: class limits of the sum of |ΔG|+|ΔR|+|ΔBNIR| (×10000)."""
+    nb, ny, nx = out.shape
+    nk = off_i.shape[0]
+    ncls = thr.shape[0]
+    merged = np.zeros(ny, np.int64)
+    for i in prange(ny):
+        ssum = np.empty(nk, np.int64)
+        scls = np.empty(nk, np.int64)
+        keep = np.zeros(nk, np.bool_)
+        smin = np.empty(ncls, np.int64)
+        smax = np.empty(ncls, np.int64)
+        sn = np.empty(ncls, np.int64)
+        acc = np.empty(nb, np.float64)
+        ci0 = rmap[i]
+        cnt = 0
+        for j in range(nx):
+            cj0 = cmap[j]
+            for b in range(nb):
+                out[b, i, j] = coarse[b][ci0, cj0]
+            if qai[i, j] & _SKIP_BITS:
+                continue
+            if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                continue
+            gc = np.int64(g[i, j])
+            rc = np.int64(r[i, j])
+            nc = np.int64(n[i, j])
+            for c in range(ncls):
+                smin[c] = 1 << 40
+                smax[c] = -1
+                sn[c] = 0
+            for k in range(nk):
+                keep[k] = False
+                ii = i + off_i[k]
+                jj = j + off_j[k]
+                if ii < 0 or ii >= ny or jj < 0 or jj >= nx:
+                    continue
+                if qai[ii, jj] & _SKIP_BITS:
+                    continue
+                if not _valid(g, r, n, qai, coarse, rmap, cmap, ii, jj):
+                    continue
+                s = abs(gc - g[ii, jj]) + abs(rc - r[ii, jj]) + abs(nc - n[ii, jj])
+                c = 0
+                while c < ncls and s >= thr[c]:
+                    c += 1
+                if c == ncls:
+                    continue
+                keep[k] = True
+                ssum[k] = s
+                scls[k] = c
+                for cc in range(c, ncls):
+                    sn[cc] += 1
+                    if s > 0:
+                        if s < smin[cc]:
+                            smin[cc] = s
+                        if s > smax[cc]:
+                            smax[cc] = s
+            sc = ncls - 1
+            for c in range(ncls):
+                if sn[c] >= mink:
+                    sc = c
+                    break
+            lo = smin[sc]
+            hi = smax[sc]
+            for b in range(nb):
+                acc[b] = 0.0
+            wsum = 0.0
+            for k in range(nk):
+                if not keep[k] or scls[k] > sc:
+                    continue
+                s = ssum[k]
+                if s == 0 or hi <= lo:
+                    w = 1.0
+                else:
+                    w = 1.0 / (1.0 + math.exp(25.0 * (s - lo) / (hi - lo) - 7.5))
+                ci = rmap[i + off_i[k]]
+                cj = cmap[j + off_j[k]]
+                for b in range(nb):
+                    acc[b] += w * coarse[b][ci, cj]
+                wsum += w
+            if wsum > 0.0:
+                for b in range(nb):
+                    out[b, i, j] = _to_int16(acc[b] / wsum)
+                cnt += 1
+        merged[i] = cnt
+    return merged.sum()
+
+
+# ---------------------------------------------------------------------------- REGRESSION
+_NQ = 34   # window sums: 1, G, R, N, GG, GR, GN, RR, RN, NN, y(6), G·y(6), R·y(6), N·y(6)
+
+
+@njit(cache=True, inline="always")
+def _add_row(g, r, n, qai, coarse, rmap, cmap, agg, row, sign, col):
+    """Add (sign = +1) or remove (−1) the window quantities of one image row to the
+    per-column sums ``col`` (nx, 34), exact in int64. Predictors: the 20 m aggregates
+    ``agg`` (4 × block mean) of the pixel's 20 m cell, or (``agg`` empty, FORCE) the
+    pixel's own 10 m values."""
+    use_agg = agg.shape[1] > 0
+    nx = g.shape[1]
+    ci = rmap[row]
+    for j in range(nx):
+        if not _valid(g, r, n, qai, coarse, rmap, cmap, row, j):
+            continue
+        cj = cmap[j]
+        if use_agg:
+            x0 = np.int64(agg[0, ci, cj])
+            x1 = np.int64(agg[1, ci, cj])
+            x2 = np.int64(agg[2, ci, cj])
+        else:
+            x0 = np.int64(g[row, j])
+            x1 = np.int64(r[row, j])
+            x2 = np.int64(n[row, j])
+        col[j, 0] += sign
+        col[j, 1] += sign * x0
+        col[j, 2] += sign * x1
+        col[j, 3] += sign * x2
+        col[j, 4] += sign * x0 * x0
+        col[j, 5] += sign * x0 * x1
+        col[j, 6] += sign * x0 * x2
+        col[j, 7] += sign * x1 * x1
+        col[j, 8] += sign * x1 * x2
+        col[j, 9] += sign * x2 * x2
+        for b in range(len(coarse)):
+            y = np.int64(coarse[b][ci, cj])
+            col[j, 10 + b] += sign * y
+            col[j, 16 + 3 * b] += sign * x0 * y
+            col[j, 17 + 3 * b] += sign * x1 * y
+            col[j, 18 + 3 * b] += sign * x2 * y
+
+
+@njit(cache=True, inline="always")
+def _solve_predict(h, xc0, xc1, xc2, nb, pred, c, s, lmat, use, dx, z, beta):
+    """Least-squares prediction at the centre from the window sums ``h`` (34,) for each of
+    ``nb`` bands into ``pred`` (×10000 scale, float64); c … beta are scratch arrays."""
+    nn = h[0]
+    sx = (h[1], h[2], h[3])
+    # centred cross products times n (exact integers)
+    c[0, 0] = nn * h[4] - sx[0] * sx[0]
+    c[0, 1] = nn * h[5] - sx[0] * sx[1]
+    c[0, 2] = nn * h[6] - sx[0] * sx[2]
+    c[1, 1] = nn * h[7] - sx[1] * sx[1]
+    c[1, 2] = nn * h[8] - sx[1] * sx[2]
+    c[2, 2] = nn * h[9] - sx[2] * sx[2]
+    c[1, 0] = c[0, 1]
+    c[2, 0] = c[0, 2]
+    c[2, 1] = c[1, 2]
+    for k in range(3):
+        s[k] = math.sqrt(c[k, k]) if c[k, k] > 0.0 else 0.0
+    # scaled (correlation) matrix, pivoted Cholesky that drops collinear predictors
+    for k in range(3):
+        use[k] = False
+        for m in range(3):
+            lmat[k, m] = 0.0
+    for k in range(3):
+        if s[k] == 0.0:
+            continue
+        d = 1.0
+        for m in range(k):
+            if use[m]:
+                d -= lmat[k, m] * lmat[k, m]
+        if d <= _REG_PIVOT_TOL:
+            continue
+        use[k] = True
+        lkk = math.sqrt(d)
+        lmat[k, k] = lkk
+        for l in range(k + 1, 3):
+            if s[l] == 0.0:
+                continue
+            a = c[l, k] / (s[l] * s[k])
+            for m in range(k):
+                if use[m]:
+                    a -= lmat[l, m] * lmat[k, m]
+            lmat[l, k] = a / lkk
+    # centre offset from the window mean, times n
+    dx[0] = nn * xc0 - sx[0]
+    dx[1] = nn * xc1 - sx[1]
+    dx[2] = nn * xc2 - sx[2]
+    for b in range(nb):
+        sy = h[10 + b]
+        # right-hand side: centred X'y times n, scaled
+        for k in range(3):
+            if use[k]:
+                z[k] = (nn * h[16 + 3 * b + k] - sx[k] * sy) / s[k]
+            else:
+                z[k] = 0.0
+        for k in range(3):          # forward: L z' = z
+            if use[k]:
+                a = z[k]
+                for m in range(k):
+                    if use[m]:
+                        a -= lmat[k, m] * z[m]
+                z[k] = a / lmat[k, k]
+        for k in range(2, -1, -1):  # backward: L' γ = z'
+            if use[k]:
+                a = z[k]
+                for m in range(k + 1, 3):
+                    if use[m]:
+                        a -= lmat[m, k] * beta[m]
+                beta[k] = a / lmat[k, k]
+            else:
+                beta[k] = 0.0
+        v = float(sy)
+        for k in range(3):
+            if use[k]:
+                v += beta[k] / s[k] * dx[k]
+        pred[b] = v / nn
+
+
+@njit(cache=True, parallel=True)
+def _regression(g, r, n, qai, coarse, rmap, cmap, agg, rad, chunk, out):
+    """REGRESSION (spec 03 §4) with exact running window sums; ``rad``: window radius;
+    ``agg``: (3, cy, cx) 4 × 20 m means of G/R/BNIR (fit at 20 m), or shape (3, 0, 0) for
+    FORCE's fit of the 20 m values on the 10 m predictors."""
+    nb, ny, nx = out.shape
+    xs = 4 if agg.shape[1] > 0 else 1
+    nchunk = (ny + chunk - 1) // chunk
+    merged = np.zeros(nchunk, np.int64)
+    for t in prange(nchunk):
+        a = t * chunk
+        e = min(a + chunk, ny)
+        col = np.zeros((nx, _NQ), np.int64)
+        h = np.zeros(_NQ, np.int64)
+        pred = np.empty(nb, np.float64)
+        sc_c = np.empty((3, 3), np.float64)
+        sc_l = np.empty((3, 3), np.float64)
+        sc_s = np.empty(3, np.float64)
+        sc_d = np.empty(3, np.float64)
+        sc_z = np.empty(3, np.float64)
+        sc_b = np.empty(3, np.float64)
+        sc_u = np.empty(3, np.bool_)
+        for row in range(max(a - rad, 0), min(a + rad, ny)):
+            _add_row(g, r, n, qai, coarse, rmap, cmap, agg, row, 1, col)
+        cnt = 0
+        for i in range(a, e):
+            if i + rad < ny:
+                _add_row(g, r, n, qai, coarse, rmap, cmap, agg, i + rad, 1, col)
+            ci0 = rmap[i]
+            for q in range(_NQ):
+                h[q] = 0
+            for j in range(min(rad, nx)):
+                for q in range(_NQ):
+                    h[q] += col[j, q]
+            for j in range(nx):
+                if j + rad < nx:
+                    for q in range(_NQ):
+                        h[q] += col[j + rad, q]
+                if j - rad - 1 >= 0:
+                    for q in range(_NQ):
+                        h[q] -= col[j - rad - 1, q]
+                cj0 = cmap[j]
+                for b in range(nb):
+                    out[b, i, j] = coarse[b][ci0, cj0]
+                if qai[i, j] & _SKIP_BITS:
+                    continue
+                if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                    continue
+                _solve_predict(h, xs * np.int64(g[i, j]), xs * np.int64(r[i, j]),
+                               xs * np.int64(n[i, j]),
+                               nb, pred, sc_c, sc_s, sc_l, sc_u, sc_d, sc_z, sc_b)
+                for b in range(nb):
+                    out[b, i, j] = _to_int16(pred[b])
+                cnt += 1
+            if i - rad >= 0:
+                _add_row(g, r, n, qai, coarse, rmap, cmap, agg, i - rad, -1, col)
+        merged[t] = cnt
+    return merged.sum()
+
+
+@njit(cache=True, parallel=True)
+def _aggregate(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, agg):
+    """4 × the mean of G, R, BNIR over the valid 10 m pixels of each 20 m pixel, rounded
+    (exact when all are valid: the block sum), int32; 0 where none is valid."""
+    cy = agg.shape[1]
+    cx = agg.shape[2]
+    for ci in prange(cy):
+        for cj in range(cx):
+            s0 = 0
+            s1 = 0
+            s2 = 0
+            m = 0
+            for i in range(rstart[ci], rstart[ci + 1]):
+                for j in range(cstart[cj], cstart[cj + 1]):
+                    if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                        continue
+                    s0 += np.int64(g[i, j])
+                    s1 += np.int64(r[i, j])
+                    s2 += np.int64(n[i, j])
+                    m += 1
+            if m == 4:
+                agg[0, ci, cj] = s0
+                agg[1, ci, cj] = s1
+                agg[2, ci, cj] = s2
+            elif m > 0:
+                agg[0, ci, cj] = round(4.0 * s0 / m)
+                agg[1, ci, cj] = round(4.0 * s1 / m)
+                agg[2, ci, cj] = round(4.0 * s2 / m)
+            else:
+                agg[0, ci, cj] = 0
+                agg[1, ci, cj] = 0
+                agg[2, ci, cj] = 0
+
+
+# -------------------------------------------------------------------------------- STARFM
+@njit(cache=True, parallel=True)
+def _pair_moments(g, r, n, qai, coarse, rmap, cmap):
+    """Per-row sums of the two fine base pairs (reflectance) and their squares over valid
+    pixels, reduced in row order (deterministic)."""
+    ny, nx = g.shape
+    part = np.zeros((ny, 5), np.float64)
+    for i in prange(ny):
+        for j in range(nx):
+            if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                continue
+            f0 = 0.5 * (g[i, j] + r[i, j]) * 1e-4
+            f1 = n[i, j] * 1e-4
+            part[i, 0] += 1.0
+            part[i, 1] += f0
+            part[i, 2] += f0 * f0
+            part[i, 3] += f1
+            part[i, 4] += f1 * f1
+    tot = np.zeros(5, np.float64)
+    for i in range(ny):
+        for k in range(5):
+            tot[k] += part[i, k]
+    return tot
+
+
+@njit(cache=True, parallel=True)
+def _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, pairs):
+    """The base pairs as the 20 m sensor would see them: 5×5 Gaussian (σ = 0.5 px,
+    normalised over valid neighbours), then the mean over the valid 10 m pixels of each
+    20 m pixel. ``rstart/cstart``: first fine row/col of each coarse row/col (+1 entry)."""
+    ny, nx = g.shape
+    cy = pairs.shape[1]
+    cx = pairs.shape[2]
+    w = np.empty((5, 5), np.float64)
+    for a in range(5):
+        for b in range(5):
+            w[a, b] = math.exp(-((a - 2) ** 2 + (b - 2) ** 2) / 0.5) / (math.pi * 0.5)
+    for ci in prange(cy):
+        for cj in range(cx):
+            s0 = 0.0
+            s1 = 0.0
+            m = 0
+            for i in range(rstart[ci], rstart[ci + 1]):
+                for j in range(cstart[cj], cstart[cj + 1]):
+                    if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                        continue
+                    ws = 0.0
+                    v0 = 0.0
+                    v1 = 0.0
+                    for a in range(5):
+                        ii = i + a - 2
+                        if ii < 0 or ii >= ny:
+                            continue
+                        for b in range(5):
+                            jj = j + b - 2
+                            if jj < 0 or jj >= nx:
+                                continue
+                            if not _valid(g, r, n, qai, coarse, rmap, cmap, ii, jj):
+                                continue
+                            ww = w[a, b]
+                            ws += ww
+                            v0 += ww * 0.5 * (g[ii, jj] + r[ii, jj]) * 1e-4
+                            v1 += ww * n[ii, jj] * 1e-4
+                    s0 += v0 / ws
+                    s1 += v1 / ws
+                    m += 1
+            if m > 0:
+                pairs[0, ci, cj] = s0 / m
+                pairs[1, ci, cj] = s1 / m
+            else:
+                pairs[0, ci, cj] = 0.0
+                pairs[1, ci, cj] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def _starfm(g, r, n, qai, coarse, rmap, cmap, pairs, slice0, slice1, out):
+    """Spectral STARFM (spec 03 §4) on the 3×3 window; see the module docstring."""
+    nb, ny, nx = out.shape
+    unc_r = _STARFM_UNC
+    merged = np.zeros(ny, np.int64)
+    for i in prange(ny):
+        cnt = 0
+        for j in range(nx):
+            ci0 = rmap[i]
+            cj0 = cmap[j]
+            for b in range(nb):
+                out[b, i, j] = coarse[b][ci0, cj0]
+            if qai[i, j] & _SKIP_BITS:
+                continue
+            if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                continue
+            f0p = 0.5 * (g[i, j] + r[i, j]) * 1e-4
+            f1p = n[i, j] * 1e-4
+            c0p = pairs[0, ci0, cj0]
+            c1p = pairs[1, ci0, cj0]
+            for b in range(nb):
+                tp = coarse[b][ci0, cj0] * 1e-4
+                min_rc = min(abs(c0p - tp), abs(c1p - tp))
+                min_rf = min(abs(c0p - f0p), abs(c1p - f1p))
+                csum = 0.0
+                vsum = 0.0
+                for di in range(-1, 2):
+                    ii = i + di
+                    if ii < 0 or ii >= ny:
+                        continue
+                    for dj in range(-1, 2):
+                        jj = j + dj
+                        if jj < 0 or jj >= nx:
+                            continue
+                        if not _valid(g, r, n, qai, coarse, rmap, cmap, ii, jj):
+                            continue
+                        ci = rmap[ii]
+                        cj = cmap[jj]
+                        tq = coarse[b][ci, cj] * 1e-4
+                        d = math.sqrt(di * di + dj * dj)
+                        for k in range(2):
+                            if k == 0:
+                                fq = 0.5 * (g[ii, jj] + r[ii, jj]) * 1e-4
+                                if abs(fq - f0p) > slice0:
+                                    continue
+                            else:
+                                fq = n[ii, jj] * 1e-4
+                                if abs(fq - f1p) > slice1:
+                                    continue
+                            cq = pairs[k, ci, cj]
+                            rcq = cq - tq
+                            rfq = cq - fq
+                            if not (abs(rcq) < min_rc + unc_r or abs(rfq) < min_rf + unc_r):
+                                continue
+                            tt = abs(rcq) + 1e-4
+                            ss = abs(rfq) + 1e-4
+                            if tt * ss < _STARFM_UNC_ALL:
+                                cw = 1.0
+                            else:
+                                cw = 1.0 / (tt * ss * (1.0 + d))
+                            csum += cw
+                            vsum += cw * (fq - rcq)
+                if csum > 0.0:
+                    out[b, i, j] = _to_int16(vsum / csum * 1e4)
+            cnt += 1
+        merged[i] = cnt
+    return merged.sum()
+
+
+# ----------------------------------------------------------------------------- interface
+def _kernel_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row/col offsets of the circular kernel (Euclidean distance ≤ radius), centre first."""
+    oi, oj = [0], [0]
+    for di in range(-radius, radius + 1):
+        for dj in range(-radius, radius + 1):
+            if (di or dj) and di * di + dj * dj <= radius * radius:
+                oi.append(di)
+                oj.append(dj)
+    return np.asarray(oi, np.int64), np.asarray(oj, np.int64)
+
+
+def _starts(index: np.ndarray, n: int) -> np.ndarray:
+    """First fine index mapping to each coarse index 0..n (monotone maps), length n + 1."""
+    return np.searchsorted(index, np.arange(n + 1), side="left").astype(np.int64)
+
+
+def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
+                     fit_scale: str = "coarse") -> dict:
+    """Merge the Sentinel-2 20 m bands to 10 m in place (spec 03 §4, RES_MERGE).
+
+    ``method``: NONE, REGRESSION, IMPROPHE or STARFM (case-insensitive). Replaces
+    ``scene.toa[d]`` of the six targets (REDEDGE1–3, NIR, SWIR1, SWIR2) by int16 ×10000
+    arrays on ``scene.grid`` and sets ``scene.grids[d] = scene.grid``; NONE replicates the
+    20 m values (nearest neighbour). Nodata, cloud and shadow pixels (QAI) keep the
+    replicated value. ``nthreads`` sets numba's thread count for the call (default: as is).
+
+    Returns stats: ``method``, ``seconds``, ``pixels_merged`` (10 m pixels computed by the
+    method), ``bands``. For a scene that is not Sentinel-2 nothing happens
+    (``skipped`` says why).
+    """
+    import numba
+
+    t0 = time.perf_counter()
+    m = str(method).strip().upper()
+    if m not in METHODS:
+        raise ParameterError(f"RES_MERGE = {method!r}: expected one of {', '.join(METHODS)}")
+    stats: dict = {"method": m, "seconds": 0.0, "pixels_merged": 0, "bands": list(TARGETS)}
+    if scene.spec.mission != "sentinel2":
+        stats.update(bands=[], skipped=f"{scene.sensor} is not Sentinel-2")
+        return stats
+    src = getattr(scene.level1, "source", scene.sensor)
+    for d in PREDICTORS + TARGETS:
+        if d not in scene.toa:
+            raise Level1Error(f"{src}: band {d} is missing; the resolution merge needs "
+                              f"{', '.join(PREDICTORS + TARGETS)}")
+    grid = scene.grid
+    for d in PREDICTORS:
+        if scene.grids[d] != grid or scene.toa[d].shape != scene.qai.shape:
+            raise ProcessingError(f"{src}: band {d} is not on the 10 m processing grid "
+                                  f"({scene.toa[d].shape} vs QAI {scene.qai.shape})")
+    tgrid = scene.grids[TARGETS[0]]
+    for d in TARGETS:
+        if scene.grids[d] != tgrid or scene.toa[d].shape != (tgrid.ny, tgrid.nx):
+            raise ProcessingError(f"{src}: the 20 m bands are not on one grid ({d})")
+    rmap, cmap = nearest_index(tgrid, grid)
+    rmap = np.ascontiguousarray(rmap, np.int64)
+    cmap = np.ascontiguousarray(cmap, np.int64)
+    coarse = tuple(np.ascontiguousarray(scene.toa[d], np.int16) for d in TARGETS)
+    g, r, n = (np.ascontiguousarray(scene.toa[d], np.int16) for d in PREDICTORS)
+    qai = np.ascontiguousarray(scene.qai, np.uint16)
+    out = np.empty((len(TARGETS), grid.ny, grid.nx), np.int16)
+
+    old = numba.get_num_threads()
+    if nthreads is not None:
+        numba.set_num_threads(max(1, min(int(nthreads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        if m == "NONE":
+            _replicate(coarse, rmap, cmap, out)
+            merged = 0
+        elif m == "IMPROPHE":
+            oi, oj = _kernel_offsets(2)
+            merged = _improphe(g, r, n, qai, coarse, rmap, cmap, oi, oj, _IMPROPHE_SUM_THR,
+                               _IMPROPHE_MINK, out)
+        elif m == "REGRESSION":
+            if fit_scale == "coarse":
+                agg = np.empty((3, tgrid.ny, tgrid.nx), np.int32)
+                _aggregate(g, r, n, qai, coarse, rmap, cmap, _starts(rmap, tgrid.ny),
+                           _starts(cmap, tgrid.nx), agg)
+            else:
+                agg = np.empty((3, 0, 0), np.int32)
+            merged = _regression(g, r, n, qai, coarse, rmap, cmap, agg, 2, _REG_CHUNK, out)
+            del agg
+        else:
+            tot = _pair_moments(g, r, n, qai, coarse, rmap, cmap)
+            cnt = max(tot[0], 1.0)
+            std0 = math.sqrt(max(tot[2] / cnt - (tot[1] / cnt) ** 2, 0.0))
+            std1 = math.sqrt(max(tot[4] / cnt - (tot[3] / cnt) ** 2, 0.0))
+            pairs = np.zeros((2, tgrid.ny, tgrid.nx), np.float32)
+            _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, _starts(rmap, tgrid.ny),
+                             _starts(cmap, tgrid.nx), pairs)
+            merged = _starfm(g, r, n, qai, coarse, rmap, cmap, pairs, 2.0 * std0 / 40.0,
+                             2.0 * std1 / 40.0, out)
+            del pairs
+            stats["slices"] = [2.0 * std0 / 40.0, 2.0 * std1 / 40.0]
+    finally:
+        numba.set_num_threads(old)
+    del coarse
+    for k, d in enumerate(TARGETS):
+        scene.toa[d] = out[k]
+        scene.grids[d] = grid
+    stats["pixels_merged"] = int(merged)
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    return stats

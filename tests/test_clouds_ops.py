@@ -1,0 +1,319 @@
+"""Image operators of the cloud module (spec 01 §6.9), DST, ERASE_CLOUDS and the QAI bits,
+against hand-computed results or independent brute-force definitions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from l2ps import qai as Q
+from l2ps.clouds import cloud_distance, erase_clouds
+from l2ps.clouds.finalize import GridMap, bin_centre_elevation_km, finalize
+from l2ps.clouds.morphology import (buffer_disk, disk_footprint, distance_transform,
+                                    fill_depressions, label8, majority_fill,
+                                    remove_small_objects)
+from l2ps.clouds.stats import quantile_float, quantile_int16
+from l2ps.grid import Grid
+
+
+# ----------------------------------------------------------------------------- footprint
+@pytest.mark.parametrize("r,n", [(1, 5), (2, 13), (3, 29), (9, 261), (10, 333), (30, 2869)])
+def test_footprint_pixel_counts(r, n):
+    assert disk_footprint(r).sum() == n
+
+
+def test_footprint_radius_one_is_a_plus_and_two_by_hand():
+    assert (disk_footprint(1) == np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)).all()
+    # d = 1: x=0,y=2 draws the column j (5 px) and (0, ±2); then y=1, x=1 draws the
+    # 3×3 around the centre; then x=2 > y stops: a 13-pixel diamond
+    two = np.array([[0, 0, 1, 0, 0],
+                    [0, 1, 1, 1, 0],
+                    [1, 1, 1, 1, 1],
+                    [0, 1, 1, 1, 0],
+                    [0, 0, 1, 0, 0]], bool)
+    assert (disk_footprint(2) == two).all()
+
+
+def _brute_buffer(mask, r, drop_border=False):
+    """Stamp the footprint on every TRUE pixel (the definition of FORCE's buffer_)."""
+    fp = disk_footprint(r)
+    ny, nx = mask.shape
+    out = np.zeros_like(mask)
+    for i, j in zip(*np.nonzero(mask)):
+        if drop_border and not (r <= i < ny - r and r <= j < nx - r):
+            continue
+        for di, dj in zip(*np.nonzero(fp)):
+            ii, jj = i + di - r, j + dj - r
+            if 0 <= ii < ny and 0 <= jj < nx:
+                out[ii, jj] = True
+    return out
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 7, 11, 14])
+def test_buffer_equals_footprint_stamping(r):
+    rng = np.random.default_rng(r)
+    mask = rng.random((61, 47)) > 0.985
+    mask[30, 0] = True                      # a pixel on the edge
+    assert (buffer_disk(mask, r) == _brute_buffer(mask, r)).all()
+    assert (buffer_disk(mask, r, drop_border=True) == _brute_buffer(mask, r, True)).all()
+
+
+def test_buffer_zero_and_empty():
+    m = np.zeros((5, 6), bool)
+    m[2, 3] = True
+    assert (buffer_disk(m, 0) == m).all()
+    assert not buffer_disk(np.zeros((4, 4), bool), 3).any()
+    # FORCE's border quirk drops a lone edge pixel; l2ps keeps it
+    e = np.zeros((7, 7), bool)
+    e[0, 3] = True
+    assert buffer_disk(e, 1)[0, 3] and not buffer_disk(e, 1, drop_border=True).any()
+
+
+# ----------------------------------------------------------------------------- distance
+def test_distance_transform_matches_scipy_truncated():
+    rng = np.random.default_rng(1)
+    m = rng.random((83, 71)) > 0.99
+    ref = np.trunc(ndimage.distance_transform_edt(~m) + 1e-9).astype(np.uint16)
+    assert (distance_transform(m) == ref).all()
+
+
+def test_distance_transform_hand_values_and_empty():
+    m = np.zeros((5, 5), bool)
+    m[0, 0] = True
+    d = distance_transform(m)
+    assert d[0, 4] == 4 and d[3, 4] == 5 and d[1, 1] == 1 and d[4, 4] == 5  # √32 = 5.66
+    assert (distance_transform(np.zeros((3, 4), bool)) == 7).all()           # nx + ny
+
+
+# ----------------------------------------------------------------------------- majority
+def test_majority_fill_is_sequential_in_raster_order():
+    m = np.zeros((4, 4), bool)
+    m[0, :3] = True
+    m[1, 0] = True
+    m[2, 0] = True
+    m[1, 2] = True
+    # (1,1) has 6 TRUE neighbours → TRUE; then (2,1) sees (1,0),(1,1),(1,2),(2,0) + ... = 4
+    # in a parallel (non in-place) version (2,1) stays FALSE; sequentially it has 4 → FALSE
+    # too; (1,1) filled before (2,1) is visited is what the sequential order gives.
+    a = m.copy()
+    majority_fill(a)
+    assert a[1, 1]
+    # a case where order matters: a diagonal staircase
+    s = np.zeros((3, 3), bool)
+    s[0, :] = True
+    s[1, 0] = True
+    s[1, 2] = True
+    seq = s.copy()
+    majority_fill(seq)       # (1,1): 5 neighbours → TRUE
+    assert seq[1, 1] and not seq[2, 1]   # (2,1): neighbours (1,0),(1,1),(1,2) = 3 → FALSE
+    # compare with a brute-force sequential implementation on random data
+    rng = np.random.default_rng(7)
+    r = rng.random((40, 37)) > 0.45
+    ref = r.copy()
+    for i in range(ref.shape[0]):
+        for j in range(ref.shape[1]):
+            if not ref[i, j]:
+                win = ref[max(0, i - 1):i + 2, max(0, j - 1):j + 2]
+                if win.sum() >= 5:
+                    ref[i, j] = True
+    got = r.copy()
+    majority_fill(got)
+    assert (got == ref).all()
+    # and it differs from the non-in-place version
+    par = r | (ndimage.convolve(r.astype(int), np.ones((3, 3), int), mode="constant") >= 5)
+    assert not (par == got).all()
+
+
+# ----------------------------------------------------------------------------- reconstruction
+def _brute_reconstruct(img):
+    marker = np.full(img.shape, img.max(), img.dtype)
+    marker[0, :], marker[-1, :], marker[:, 0], marker[:, -1] = img[0, :], img[-1, :], img[:, 0], img[:, -1]
+    while True:
+        new = np.maximum(ndimage.grey_erosion(marker, footprint=np.ones((3, 3)), mode="nearest"), img)
+        new = np.minimum(new, marker)
+        if (new == marker).all():
+            return marker
+        marker = new
+
+
+def test_fill_depressions_hand_example():
+    img = np.array([[5, 5, 5, 5, 5],
+                    [5, 1, 2, 1, 5],
+                    [5, 2, 0, 2, 5],
+                    [5, 5, 5, 3, 5],
+                    [5, 5, 5, 5, 5]], np.int16)
+    out = fill_depressions(img)
+    assert (out[1:3, 1:4] == 5).all() and out[3, 3] == 5
+    img[3, 4] = 3                                   # a spill point at 3 on the border
+    out = fill_depressions(img)
+    assert (out[1:3, 1:4] == 3).all() and out[3, 3] == 3 and out[0, 0] == 5
+
+
+def test_fill_depressions_matches_iterated_erosion():
+    rng = np.random.default_rng(3)
+    img = ndimage.gaussian_filter(rng.normal(0, 1, (60, 50)), 2)
+    img = (img * 1000).astype(np.int16)
+    assert (fill_depressions(img) == _brute_reconstruct(img)).all()
+
+
+# ----------------------------------------------------------------------------- labels
+def _bfs_labels(m):
+    lab = np.zeros(m.shape, np.int32)
+    n = 0
+    for i, j in zip(*np.nonzero(m)):
+        if lab[i, j]:
+            continue
+        n += 1
+        stack = [(i, j)]
+        lab[i, j] = n
+        while stack:
+            a, b = stack.pop()
+            for da in (-1, 0, 1):
+                for db in (-1, 0, 1):
+                    x, y = a + da, b + db
+                    if 0 <= x < m.shape[0] and 0 <= y < m.shape[1] and m[x, y] and not lab[x, y]:
+                        lab[x, y] = n
+                        stack.append((x, y))
+    return lab, n
+
+
+def test_label8_raster_order_and_small_object_removal():
+    rng = np.random.default_rng(5)
+    m = rng.random((50, 40)) > 0.8
+    lab, n = label8(m)
+    ref, nref = _bfs_labels(m)
+    assert n == nref and (lab == ref).all()
+    mm = m.copy()
+    lab2, k = remove_small_objects(mm, lab, n, 3)
+    sizes = np.bincount(ref.ravel())
+    assert k == int((sizes[1:] >= 3).sum())
+    assert (mm == (m & (sizes[ref] >= 3))).all()
+    assert set(np.unique(lab2)) == set(range(k + 1))
+    # pixel (0, 0) is not special (FORCE clears it)
+    z = np.zeros((4, 4), bool)
+    z[0:2, 0:2] = True
+    lab, n = label8(z)
+    _, k = remove_small_objects(z, lab, n, 3)
+    assert z[0, 0] and k == 1
+
+
+# ----------------------------------------------------------------------------- quantiles
+def test_quantiles_match_numpy_linear():
+    rng = np.random.default_rng(2)
+    v = rng.integers(-2000, 30000, (30, 40)).astype(np.int16)
+    m = rng.random(v.shape) > 0.3
+    for p in (0.175, 0.825):
+        ref = np.quantile(v[m].astype(np.float64), float(np.float32(p)))
+        assert abs(quantile_int16(v, m, p) - ref) < 1e-6
+        f = v.astype(np.float32) / 7
+        assert abs(quantile_float(f, m, p) - np.quantile(f[m].astype(np.float64),
+                                                          float(np.float32(p)))) < 1e-3
+    assert quantile_int16(v, np.zeros_like(m), 0.5) == 0.0
+
+
+# ----------------------------------------------------------------------------- QAI bits
+WKT = 'PROJCS["x",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",9],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'
+
+
+def test_finalize_states_and_bits():
+    g = Grid(WKT, 0.0, 0.0, 30.0, 30.0, 20, 20)
+    qai = Q.empty(g.shape)
+    qai[0, 0] = 1                                   # nodata stays untouched
+    bits = np.zeros(g.shape, np.uint8)
+    bits[0, 0] = 1
+    bits[15, 15] |= 4                               # water
+    bits[18, 2] |= 8                                # snow candidate
+    cloud = np.zeros(g.shape, bool)
+    cloud[5, 5] = True
+    cirrus = np.zeros(g.shape, bool)
+    cirrus[5, 5] = cirrus[5, 6] = cirrus[12, 12] = True
+    shadow = np.zeros(g.shape, bool)
+    shadow[10, 3] = True
+    cnt = finalize(qai, GridMap(g, g), bits, cloud, shadow, cirrus, cloud_buffer=30.0,
+                   cirrus_buffer=0.0, shadow_buffer=30.0, snow_buffer=30.0)
+    st = Q.get_field(qai, Q.CLOUD)
+    assert qai[0, 0] == 1
+    assert st[5, 5] == 3          # opaque inside the cirrus mask → cirrus (§6.7 "else if")
+    assert st[5, 6] == 1 and st[4, 5] == 1 and st[4, 4] == 0   # radius-1 plus buffer
+    assert st[12, 12] == 3
+    sh = Q.get_flag(qai, Q.SHADOW)
+    assert sh[10, 3] and sh[9, 3] and sh[10, 4] and not sh[9, 4]
+    assert Q.get_flag(qai, Q.WATER)[15, 15] and Q.get_flag(qai, Q.WATER).sum() == 1
+    assert Q.get_flag(qai, Q.SNOW)[18, 2] and Q.get_flag(qai, Q.SNOW)[17, 2]
+    assert cnt["opaque_unbuffered"] == 1 and cnt["valid"] == 399
+    # forced path: every valid pixel shadow
+    q2 = Q.empty(g.shape)
+    finalize(q2, GridMap(g, g), np.zeros(g.shape, np.uint8), cloud, None, None,
+             cloud_buffer=0.0, cirrus_buffer=0.0, shadow_buffer=0.0, snow_buffer=0.0)
+    assert Q.get_flag(q2, Q.SHADOW).all() and Q.get_field(q2, Q.CLOUD)[5, 5] == 2
+
+
+def test_bin_centre_elevation():
+    dem = np.array([[0.0, 255.0], [510.0, np.nan]], np.float32)
+    z = bin_centre_elevation_km(dem, np.ones(dem.shape, bool))
+    step = 0.511 / 255
+    assert abs(z[0, 0] - step / 2) < 1e-6
+    assert abs(z[1, 0] - (step / 2 + 254 * step)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- DST, erase
+def test_cloud_distance():
+    q = Q.empty((6, 8))
+    Q.set_field(q, Q.CLOUD, 1, np.pad(np.ones((1, 1), bool), ((2, 3), (2, 5))))
+    q[5, 7] = 1
+    d = cloud_distance(q, 30.0)
+    assert d.dtype == np.int16
+    assert d[2, 2] == 0 and d[2, 5] == 90 and d[5, 7] == -9999
+    assert d[0, 0] == int(np.sqrt(8) // 1) * 30        # trunc(2.83) = 2 px
+    Q.set_flag(q, Q.SNOW, np.eye(6, 8, dtype=bool))
+    assert cloud_distance(q, 30.0)[3, 3] == 0
+    none = cloud_distance(Q.empty((4, 5)), 10.0)
+    assert (none == 90).all()
+    big = cloud_distance(Q.empty((400, 500)), 100.0)
+    assert (big == 32767).all()
+
+
+def test_erase_clouds_native_and_coarse_bands():
+    g10 = Grid(WKT, 0.0, 40.0, 10.0, 10.0, 4, 4)
+    g20 = Grid(WKT, 0.0, 40.0, 20.0, 20.0, 2, 2)
+    q = Q.empty(g10.shape)
+    Q.set_field(q, Q.CLOUD, 2, np.array([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0],
+                                        [0, 0, 0, 1]], bool))
+    Q.set_field(q, Q.CLOUD, 1, np.array([[1, 0, 0, 0]] + [[0] * 4] * 3, bool))
+    a = np.full(g10.shape, 100, np.int16)
+    b = np.full(g20.shape, 100, np.int16)
+    erase_clouds({"BLUE": a, "NIR": b}, {"BLUE": g10, "NIR": g20}, q, g10)
+    assert (a == -9999).sum() == 2 and a[1, 1] == -9999 and a[0, 0] == 100
+    assert b[0, 0] == -9999 and b[1, 1] == -9999 and b[0, 1] == 100
+
+
+def test_write_cube_adds_dst(tmp_path):
+    """OUTPUT_DST: DST (m) from the warped QAI, written beside QAI and BOA in every tile."""
+    import rasterio
+    from test_cube_write import CUBE, Image, params
+    from l2ps.cube.write import write_cube
+    cloud = np.zeros((50, 60), bool)
+    cloud[20:24, 30:33] = True
+    img = Image(0, 0, seed=3, cloud=cloud)
+    img.qai &= ~np.uint16((1 << 4) | (1 << 3))                # no snow / shadow bits
+    res = write_cube(img.products(), level1_id="A", date="20200101", sensor="LND08",
+                     params=params(OUTPUT_DST=True), cubes=[CUBE], out_dir=tmp_path)
+    dst_files = sorted(tmp_path.rglob("*_DST.tif"))
+    assert dst_files and len(dst_files) == res.n_tiles
+    assert all(f.with_name(f.name.replace("DST", "QAI")).exists() for f in dst_files)
+    full = np.full((120, 120), -32768, np.int32)
+    for f in dst_files:
+        with rasterio.open(f) as ds:
+            r = int(round((3000000.0 - ds.transform.f) / 30.0))
+            c = int(round((ds.transform.c - 4000000.0) / 30.0))
+            full[r:r + ds.height, c:c + ds.width] = ds.read(1)
+            assert ds.nodata == -9999
+    assert (full[20:24, 30:33] == 0).all()
+    assert full[20, 36] == 90 and full[0, 0] == -9999        # 3 px east; QAI nodata pixel
+    ref = np.trunc(ndimage.distance_transform_edt(~cloud) + 1e-9) * 30
+    sub = full[:50, :60]
+    ok = sub != -9999
+    assert (sub[ok] == np.minimum(ref, 32767)[ok]).all()
+    res2 = write_cube(img.products(), level1_id="B", date="20200102", sensor="LND08",
+                      params=params(), cubes=[CUBE], out_dir=tmp_path)
+    assert res2.n_tiles and not list(tmp_path.rglob("20200102*_DST.tif"))
