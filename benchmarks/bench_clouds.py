@@ -17,7 +17,6 @@ import platform
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 SCENES = HERE / "scenes"
@@ -66,11 +65,12 @@ def scene_path(sensor: str, size: str) -> Path:
     return Path(p.path)
 
 
-def params(threads: int) -> SimpleNamespace:
-    return SimpleNamespace(cloud_buffer=300.0, cirrus_buffer=0.0, shadow_buffer=90.0,
-                           snow_buffer=30.0, cloud_threshold=0.225, shadow_threshold=0.02,
-                           max_cloud_cover_frame=100.0, nthread=threads, parallel_reads=False,
-                           buffer_nodata=False, impulse_noise=True, tier=1)
+def params(threads: int):
+    """FORCE's default LEVEL2 parameters with MAX_CLOUD_COVER_FRAME 100 and NTHREAD."""
+    import sys
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from test_clouds_synth import real_parameters
+    return real_parameters(max_cloud_cover_frame=100.0, nthread=threads)
 
 
 def run_one(path: Path, threads: int) -> dict:

@@ -309,7 +309,7 @@ def test_write_cube_adds_dst(tmp_path):
             full[r:r + ds.height, c:c + ds.width] = ds.read(1)
             assert ds.nodata == -9999
     assert (full[20:24, 30:33] == 0).all()
-    assert full[20, 36] == 90 and full[0, 0] == -9999        # 3 px east; QAI nodata pixel
+    assert full[20, 35] == 90 and full[0, 0] == -9999        # 3 px east; QAI nodata pixel
     ref = np.trunc(ndimage.distance_transform_edt(~cloud) + 1e-9) * 30
     sub = full[:50, :60]
     ok = sub != -9999

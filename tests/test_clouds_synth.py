@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,10 +29,29 @@ LANDSAT = ("LND05", "LND07", "LND08")
 CLASSES = ("clear", "cloud", "shadow")
 
 
-def make_params(**kw) -> SimpleNamespace:
+def real_parameters(**kw):
+    """A validated :class:`~l2ps.params.Parameters` (FORCE defaults, folders in a temporary
+    directory) with ``kw`` (lower-case keys) replaced."""
+    import tempfile
+    import warnings
+    from l2ps.demo import set_parameter_values
+    from l2ps.params import read_parameters, write_skeleton
+    d = Path(tempfile.mkdtemp(prefix="l2ps-clouds-prm-"))
+    f = d / "level2.prm"
+    write_skeleton(f)
+    vals = {k: str(d) for k in ("DIR_LEVEL2", "DIR_LOG", "DIR_TEMP", "DIR_PROVENANCE")}
+    vals["FILE_QUEUE"] = str(d / "queue.txt")
+    f.write_text(set_parameter_values(f.read_text(), vals))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = read_parameters(f, check_paths=False)
+    return p.replace(**kw)
+
+
+def make_params(**kw):
     d = dict(PARAMS)
     d.update(kw)
-    return SimpleNamespace(**d)
+    return real_parameters(**d)
 
 
 def scene_of(path, params):

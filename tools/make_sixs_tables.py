@@ -201,8 +201,21 @@ def build_band(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarr
     return out
 
 
+def gas_extra(band: str, g: dict, jobs: int, wfrac: dict) -> dict[str, np.ndarray]:
+    """tg without H2O and with half the first wv node, on (airmass, elev); band E0 at 1 AU."""
+    am, wv, elev = (np.asarray(g[k], float) for k in ("airmass", "wv", "elev"))
+    t_dry = [(band, float(x), w, float(z), wfrac[float(z)], g["ozone"])
+             for w in (0.0, 0.5 * float(wv[0])) for x in am for z in elev]
+    dry = np.asarray(_map(run_gas, t_dry, jobs)).reshape(2, len(am), len(elev), 2)[..., 0]
+    # band solar irradiance of 6S's spectrum at 1 AU (the runs are for 1 January)
+    o = _sixs(band, 0.0, 0.0, 0.0, None, 0.0)
+    e0 = o.int_solar_spectrum / o.int_funct_filt * (1.0 - 0.01673 * math.cos(0.0172 * (1 - 4))) ** 2
+    return {"dry": dry, "e0": np.array(e0)}
+
+
 def build_gas(band: str, g: dict, jobs: int, wfrac: dict,
-              existing: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+              existing: dict[str, np.ndarray] | None = None,
+              cache: Path | None = None) -> dict[str, np.ndarray]:
     """Gas transmittances on (airmass, wv above target, elev) from aerosol-free 6S runs.
 
     tg      all gases, sun -> surface -> sensor (attenuates the surface term)
@@ -222,10 +235,8 @@ def build_gas(band: str, g: dict, jobs: int, wfrac: dict,
                   for x in am for w in wv for z in elev]
         full = np.asarray(_map(run_gas, t_full, jobs)).reshape(shape + (2,))
         tg, tg_h2o = full[..., 0], full[..., 1]
-    # extra nodes: no H2O, and half the first wv node (below the axis)
-    t_dry = [(band, float(x), w, float(z), wfrac[float(z)], g["ozone"])
-             for w in (0.0, 0.5 * float(wv[0])) for x in am for z in elev]
-    dry = np.asarray(_map(run_gas, t_dry, jobs)).reshape(2, len(am), len(elev), 2)[..., 0]
+    extra = _cached(cache, f"{band}.gasextra", g, lambda: gas_extra(band, g, jobs, wfrac))
+    dry, e0 = extra["dry"], float(extra["e0"])
     root = np.sqrt(np.concatenate([[0.0, 0.5 * wv[0]], wv]))
     tg_aer = np.empty(shape)
     for i in range(len(am)):
@@ -233,9 +244,6 @@ def build_gas(band: str, g: dict, jobs: int, wfrac: dict,
             tg_aer[i, :, k] = np.interp(np.sqrt(0.5 * wv), root,
                                         np.concatenate([dry[:, i, k], tg[i, :, k]]))
     dry = dry[0]
-    # band solar irradiance of 6S's spectrum at 1 AU (the runs are for 1 January)
-    o = _sixs(band, 0.0, 0.0, 0.0, None, 0.0)
-    e0 = o.int_solar_spectrum / o.int_funct_filt * (1.0 - 0.01673 * math.cos(0.0172 * (1 - 4))) ** 2
     return {"tg": tg, "tg_h2o": tg_h2o, "tg_aer": tg_aer,
             "tg_ray": np.broadcast_to(dry[:, None, :], shape).copy(), "e0": np.array(e0)}
 
@@ -270,8 +278,7 @@ def generate(g: dict, sensors: list[str], jobs: int, out_path: Path, only_gas: b
             res = {} if only_gas else build_band(band, g, jobs, wfrac)
             old = {k: arrays[f"{ts}.{domain}.{k}"] for k in ("tg", "tg_h2o")
                    if f"{ts}.{domain}.{k}" in arrays} if only_gas else None
-            res.update(_cached(cache, f"{band}.gas", g,
-                               lambda: build_gas(band, g, jobs, wfrac, old)))
+            res.update(build_gas(band, g, jobs, wfrac, old, cache))
             for k, v in res.items():
                 arrays[f"{ts}.{domain}.{k}"] = np.asarray(v, np.float32)
             print(f"{ts:5s} {domain:10s} {band:16s} {time.time() - tb:7.1f} s", flush=True)
@@ -415,11 +422,20 @@ def main(argv=None) -> int:
                    help="recompute only the gas tables of an existing --output file")
     p.add_argument("--cache", type=Path, default=None,
                    help="directory to keep per-band gas results in (resume an interrupted run)")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="only fill --cache with the cheap extra gas runs of every band")
     p.add_argument("--composition", action="store_true",
                    help="instead of generating: check the TOA formula against 6S (a few runs)")
     a = p.parse_args(argv)
     t0 = time.time()
-    if a.composition:
+    if a.warm_cache:
+        g = QUICK_GRID if a.quick else FULL_GRID
+        wfrac = {float(z): water_fraction(float(z))[0] for z in g["elev"]}
+        for ts in a.sensors:
+            for domain, band in TABLE_SENSORS[ts]:
+                _cached(a.cache, f"{band}.gasextra", g, lambda: gas_extra(band, g, a.jobs, wfrac))
+                print(ts, domain, f"{time.time() - t0:.1f} s", flush=True)
+    elif a.composition:
         composition(a.jobs)
     elif a.verify:
         verify(a.output, a.verify, a.jobs)

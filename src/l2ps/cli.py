@@ -3,6 +3,7 @@
   l2ps parameter FILE            write a complete, commented LEVEL2 parameter file
   l2ps queue DIR... -o QUEUE     build or extend a queue from folders of Level-1 products
   l2ps level2 IMAGE PRM          process one image without Snakemake (FORCE's force-l2ps)
+  l2ps mask IMAGE PRM            cloud/shadow/snow/water masks of one image
   l2ps report DIR_LOG            HTML run report (one row per image) of a log folder
   l2ps synth ...                 write synthetic Level-1 products with known truth
   l2ps demo DIR                  make the built-in demo (synthetic images, queue, parameters)
@@ -51,6 +52,26 @@ def _cmd_level2(args) -> int:
                    update_queue=not args.no_queue)
 
 
+def _cmd_mask(args) -> int:
+    """Cloud, shadow, snow and water masks of one image (the front half of the chain)."""
+    from .clouds import detect_clouds
+    from .level1 import check_tier, open_level1
+    from .masks import write_masks
+    from .params import read_parameters
+    from .pipeline import prepare_scene
+    params = read_parameters(args.parameter_file)
+    out = Path(args.output) if args.output else Path(params.dir_level2)
+    with open_level1(Path(args.image), tempdir=params.dir_temp) as level1:
+        check_tier(level1, params.tier)
+        scene = prepare_scene(level1, params)
+        result = detect_clouds(scene, params)
+        files = write_masks(scene, params, out)
+    print(result.log_fragment.strip())
+    for f in files:
+        print(f)
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import write_report
     print(write_report(Path(args.dir_log), Path(args.output) if args.output else None))
@@ -92,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="override NTHREAD")
     s.add_argument("--no-queue", action="store_true", help="do not update FILE_QUEUE")
     s.set_defaults(func=_cmd_level2)
+
+    s = sub.add_parser("mask", help="cloud/shadow/snow/water masks (QAI) of one image, "
+                       "in its own grid")
+    s.add_argument("image")
+    s.add_argument("parameter_file")
+    s.add_argument("-o", "--output", default=None, help="output folder (default DIR_LEVEL2)")
+    s.set_defaults(func=_cmd_mask)
 
     s = sub.add_parser("report", help="write the HTML run report of a log folder (DIR_LOG)")
     s.add_argument("dir_log")

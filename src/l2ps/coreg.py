@@ -20,15 +20,17 @@ Chain (:func:`coregister`, after cloud detection and before the resolution merge
    the sub-pixel position. A robust translation (median, MAD, iterative 2σ) keeps the ties.
 6. *Depth-first matching*: the ties are followed down the pyramid; at every level the
    current transform predicts each position, the search is ±1 pixel plus LSM, and the
-   transform is refitted (translation below 18 ties, affine from 18) with iterative
-   2·RMSE outlier removal. Failure (< 12 ties) retries once with a top level one lower
-   (FORCE's retry schedule).
+   transform is refitted (:func:`choose_model`: translation, or affine with ≥ 18 spread
+   ties that it explains significantly better) with iterative 2·RMSE outlier removal.
+   Failure (< 12 ties) retries with the top level one lower, down to full resolution for
+   small images (FORCE's retry schedule, extended).
 7. *Dense matching* at full resolution on a regular grid of ~:data:`N_DENSE` points with
    41×41 windows (±1 pixel around the depth-first prediction + LSM); a tie is accepted when
    NCC ≥ :data:`NCC_MIN` and it lies within clamp(3·RMSE, 0.5, 2) pixels of the prediction.
    The final transform (base pixel → image pixel) is fitted to them as in 6; < 12 ties is
    a failure (FORCE's [BUG?] accepts an all-zero affine here).
-8. *Acceptance*: the displacement at every image corner must be ≤ :data:`MAX_SHIFT_PX`.
+8. *Acceptance*: the displacement at every image corner and the centre must be ≤
+   :data:`MAX_SHIFT_PX`.
 9. *Apply* (:func:`apply_transform`): every TOA/BT band on its own grid (Sentinel-2 10, 20,
    60 m) is resampled with the same map-unit transform by nodata-aware bilinear
    interpolation (weights renormalised over the valid corners, rounded to nearest); the QAI
@@ -74,16 +76,20 @@ H_COARSE = 10             # half window on the pyramid (21×21; FORCE h = 10)
 H_DENSE = 20              # half window of the dense matching (41×41; FORCE h = 20)
 N_POI = 600               # points of interest on the top level (at most)
 N_DENSE = 1500            # dense-matching grid points over the usable area (about)
+MAX_POI_PIXELS = 16_000_000   # lower top levels tried on failure only up to this size
 NCC_MIN = 0.75            # normalised cross-correlation for a tie (FORCE: SAM ≥ 0.985)
 MIN_STD = 10.0            # ×10000; a target window flatter than this has no texture
 MIN_EIG_RATIO = 0.05      # λmin/λmax of the window's structure tensor (no bare edges)
 LSM_MAX_ITER = 20
 LSM_EPS = 1e-3            # px; LSM converged when the update is smaller
 AFFINE_MIN_TIES = 18      # FORCE choose_transform: > 18 → affine
+AFFINE_F_MIN = 25.0       # F statistic an affine needs over a translation
 REJECT_ROUNDS = 5         # iterative 2·RMSE outlier removal
 
 # status codes of the matching kernel
-OK, BAD_TARGET, FLAT, BAD_BASE, DIVERGED, LOW_NCC = 0, 1, 2, 3, 4, 5
+OK, BAD_TARGET, FLAT, BAD_BASE, DIVERGED, LOW_NCC, FLAT_BASE = 0, 1, 2, 3, 4, 5, 6
+STATUS_NAMES = ("ok", "no clear land window", "no texture", "no base data",
+                "no convergence", "low correlation", "no texture in the base")
 
 
 # =============================================================================== results
@@ -226,7 +232,7 @@ def points_of_interest(tgt: np.ndarray, base: np.ndarray, h: int, n_max: int = N
     keep = vals > floor
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
     ny, nx = tgt.shape
-    cell = max(int(math.sqrt(ny * nx / max(n_max, 1))), 2 * h + 1, 8)
+    cell = max(int(math.sqrt(ny * nx / max(n_max, 1))), h, 6)
     cid = (rows // cell) * (nx // cell + 1) + cols // cell
     order = np.lexsort((-vals, cid))          # by cell, strongest first
     first = np.ones(len(order), bool)
@@ -346,6 +352,7 @@ def _match_one(tgt, base, r, c, pr, pc, h, R, ncc_min, res):
     best = -2.0
     bi = 0
     bj = 0
+    n_flat = 0
     for oy in range(-R, R + 1):
         for ox in range(-R, R + 1):
             rr = r0 + oy
@@ -370,7 +377,8 @@ def _match_one(tgt, base, r, c, pr, pc, h, R, ncc_min, res):
             if not good:
                 continue
             vb = sbb - sb * sb / n
-            if vb <= 1e-9 * n:
+            if vb <= MIN_STD * MIN_STD * n:
+                n_flat += 1
                 continue
             ncc = stb / math.sqrt(vt * vb)
             if ncc > best:
@@ -378,7 +386,7 @@ def _match_one(tgt, base, r, c, pr, pc, h, R, ncc_min, res):
                 bi = rr
                 bj = cc
     if best < -1.5:
-        res[3] = BAD_BASE
+        res[3] = FLAT_BASE if n_flat > 0 else BAD_BASE
         return
     if not (base[bi, bj] > LAND_MIN):
         res[3] = BAD_BASE
@@ -546,17 +554,32 @@ def _ncoef(model: str) -> int:
     return 1 if model == "translation" else 3
 
 
-def choose_model(n: int, src: np.ndarray | None = None, shape=None) -> str:
-    """Translation below AFFINE_MIN_TIES ties, else affine — but only if the ties spread
-    over at least a third of the image in both directions (an affine fitted to a small
-    cluster extrapolates badly)."""
+def _rss(src: np.ndarray, dst: np.ndarray, m: np.ndarray) -> float:
+    pred = src @ m[:, :2].T + m[:, 2]
+    return float(((dst - pred) ** 2).sum())
+
+
+def choose_model(src: np.ndarray, dst: np.ndarray, shape=None) -> tuple[str, float]:
+    """Translation or affine for ties base → image, and the F statistic of the affine's
+    four extra coefficients.
+
+    Affine only with ≥ AFFINE_MIN_TIES ties that spread over at least a third of the image
+    in both directions (an affine fitted to a small cluster extrapolates badly), and only
+    when it explains significantly more than a translation: F =
+    ((RSS_t − RSS_a)/4)/(RSS_a/(2n − 6)) > AFFINE_F_MIN (conservative, since the windows of
+    neighbouring ties overlap and their errors are not independent).
+    """
+    n = len(src)
     if n < AFFINE_MIN_TIES:
-        return "translation"
-    if src is not None and shape is not None:
+        return "translation", 0.0
+    if shape is not None:
         span = src.max(axis=0) - src.min(axis=0)
         if span[0] < shape[1] / 3 or span[1] < shape[0] / 3:
-            return "translation"
-    return "affine"
+            return "translation", 0.0
+    rss_t = _rss(src, dst, _lsq(src, dst, "translation"))
+    rss_a = _rss(src, dst, _lsq(src, dst, "affine"))
+    f = ((rss_t - rss_a) / 4.0) / max(rss_a / (2 * n - 6), 1e-12)
+    return ("affine" if f > AFFINE_F_MIN else "translation"), float(f)
 
 
 def robust_fit(src: np.ndarray, dst: np.ndarray, model: str | None = None,
@@ -578,7 +601,7 @@ def robust_fit(src: np.ndarray, dst: np.ndarray, model: str | None = None,
     mdl = "translation"
     rmse = 0.0
     for _ in range(REJECT_ROUNDS + 1):
-        mdl = model or choose_model(int(keep.sum()), src[keep], shape)
+        mdl = model or choose_model(src[keep], dst[keep], shape)[0]
         m = _lsq(src[keep], dst[keep], mdl)
         pred = src @ m[:, :2].T + m[:, 2]
         r = np.hypot(*(dst - pred).T)
@@ -641,7 +664,7 @@ def estimate_transform(target: np.ndarray, base: np.ndarray) -> Estimate:
     if target.shape != base.shape:
         raise ValueError("target and base must be on the same grid")
     both = (target > LAND_MIN) & (base > LAND_MIN)
-    if isinstance(target.dtype, np.floating) or target.dtype.kind == "f":
+    if target.dtype.kind == "f":
         both &= np.isfinite(target) & np.isfinite(base)
     n_land = int(np.count_nonzero(both))
     del both
@@ -652,7 +675,10 @@ def estimate_transform(target: np.ndarray, base: np.ndarray) -> Estimate:
     pt = pyramid(target, nlev)
     pb = pyramid(base, nlev)
     stats: dict = {"levels": nlev, "land_pixels": n_land}
-    tops = [nlev - 1] + ([nlev - 2] if nlev >= 2 else [])
+    # FORCE retries with a lower top level; here every lower level is tried while its
+    # size stays moderate (the points of interest need a few full-size filters)
+    tops = [k for k in range(nlev - 1, -1, -1)
+            if k == nlev - 1 or pt[k].size <= MAX_POI_PIXELS]
     depth = None
     reasons = []
     used_top = tops[0]
@@ -675,6 +701,12 @@ def estimate_transform(target: np.ndarray, base: np.ndarray) -> Estimate:
                             & (base[grid_pts[:, 0], grid_pts[:, 1]] > LAND_MIN)]
     pred = _level_prediction(depth, grid_pts, 0)
     res = match_points(target, base, grid_pts.astype(np.int64), pred, H_DENSE, 1)
+    # where the large window is not all clear land (clouds, coast, image edge), a
+    # smaller one (fragmented clear areas of cloudy images keep their ties)
+    again = np.nonzero(res[:, 3] == BAD_TARGET)[0]
+    if len(again):
+        res[again] = match_points(target, base, grid_pts[again].astype(np.int64),
+                                  pred[again], H_COARSE, 1)
     tol = min(max(3.0 * depth.rmse, 0.5), 2.0)
     moved = np.hypot(res[:, 0] - (grid_pts[:, 0] + pred[:, 0]),
                      res[:, 1] - (grid_pts[:, 1] + pred[:, 1]))
@@ -682,7 +714,7 @@ def estimate_transform(target: np.ndarray, base: np.ndarray) -> Estimate:
     src, dst = _ties(res, grid_pts, 0)
     stats["dense_points"] = int(len(grid_pts))
     stats["dense_matched"] = int(len(src))
-    stats["dense_status"] = np.bincount(res[:, 3].astype(np.int64), minlength=6).tolist()
+    stats["dense_status"] = _status_text(res)
     if len(src) < MIN_TIES:
         raise _fail(f"{len(src)} tie points ({MIN_TIES} needed) in the dense matching of "
                     f"{len(grid_pts)} grid points ({_status_text(res)})")
@@ -691,14 +723,14 @@ def estimate_transform(target: np.ndarray, base: np.ndarray) -> Estimate:
         n = 0 if fit is None else fit.n
         raise _fail(f"{n} tie points ({MIN_TIES} needed) after outlier removal in the dense "
                     f"matching")
+    stats["affine_F"] = round(choose_model(fit.src, fit.dst, target.shape)[1], 2)
     return Estimate(fit, depth, used_top, stats)
 
 
 def _status_text(res: np.ndarray) -> str:
-    names = ("ok", "no clear land window", "no texture", "no base data", "no convergence",
-             "low correlation")
-    cnt = np.bincount(res[:, 3].astype(np.int64), minlength=6)
-    return ", ".join(f"{names[i]} {int(c)}" for i, c in enumerate(cnt) if c)
+    """Counts of the matching outcomes, e.g. "ok 7, low correlation 30"."""
+    cnt = np.bincount(res[:, 3].astype(np.int64), minlength=len(STATUS_NAMES))
+    return ", ".join(f"{STATUS_NAMES[i]} {int(c)}" for i, c in enumerate(cnt) if c)
 
 
 def _depth_first(pt: list, pb: list, top: int, stats: dict) -> tuple[Fit | None, str]:

@@ -239,8 +239,8 @@ def _install_faults(spec: str, image: Path):
     ``{"at": "write"|"extract", "action": "enospc"|"pause", "n": N, "image": SUBSTRING,
     "signal_file": PATH, "seconds": S}``:
 
-    - ``at = "write"``: the n-th raster file written by the cube writer in this job
-      (1-based; every product, chip and quicklook counts) — ``enospc`` writes half of its
+    - ``at = "write"``: the n-th file written by the cube writer in this job (1-based;
+      every atomic write of a product, chip or quicklook counts) — ``enospc`` writes half of its
       temporary file and then fails with ENOSPC ("No space left on device"); ``pause``
       writes half of it, writes this process's pid to ``signal_file`` and sleeps ``seconds``
       (default 300; then exits with status 99), so that a test can ``kill -9`` the run in
@@ -268,27 +268,31 @@ def _install_faults(spec: str, image: Path):
 
     writes = [f for f in faults if f.get("at") == "write"]
     if writes:
-        from .cube import formats
-        real_write = formats.write_raster
+        # every file of the cube is written through write.atomic_write(path, writer)
+        from .cube import write as cube_write
+        real_atomic_write = cube_write.atomic_write
         count = [0]
 
-        def write_raster(path, *args, **kwargs):
+        def atomic_write(path, writer, *args, **kwargs):
             count[0] += 1
             hit = [f for f in writes if int(f.get("n", 1)) == count[0]]
-            result = real_write(path, *args, **kwargs)
-            if hit:
-                p = Path(path)
-                if p.exists():                       # leave a half-written file
-                    with open(p, "r+b") as fh:
-                        fh.truncate(p.stat().st_size // 2)
+            if not hit:
+                return real_atomic_write(path, writer, *args, **kwargs)
+
+            def faulty_writer(tmp):
+                writer(tmp)
+                t = Path(tmp)
+                if t.exists():                       # leave a half-written file
+                    with open(t, "r+b") as fh:
+                        fh.truncate(t.stat().st_size // 2)
                 for f in hit:
                     if f.get("action") == "pause":
                         pause(f)
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-            return result
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            return real_atomic_write(path, faulty_writer, *args, **kwargs)
 
-        formats.write_raster = write_raster
-        undo.append(lambda: setattr(formats, "write_raster", real_write))
+        cube_write.atomic_write = atomic_write
+        undo.append(lambda: setattr(cube_write, "atomic_write", real_atomic_write))
     extracts = [f for f in faults if f.get("at") == "extract"]
     if extracts:
         from .level1 import archive

@@ -49,10 +49,6 @@ class StageTimer:
             st["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _pct(mask_count: int, total: int) -> float:
-    return 100.0 * mask_count / total if total else 0.0
-
-
 def process_image(source: Path, params: Parameters, *, log: Callable[[str], None] = print) -> dict:
     """Run the chain on one Level-1 image (archive or folder) and write its products.
 
@@ -141,24 +137,25 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     scene = prepare_scene(level1, params, timer)
     qai, grid = scene.qai, scene.grid
     nthreads = max(1, int(params.nthread))
-    npix = int(np.count_nonzero(Q.is_valid(qai)))
-    dc = _pct(npix, qai.size)
-    if npix == 0:
+    if not Q.is_valid(qai).any():
         from .errors import ProcessingError
         raise ProcessingError(f"{level1.source}: no valid pixel in the image")
-    wc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.WATER) & Q.is_valid(qai))), npix)
-    sc = _pct(int(np.count_nonzero(Q.get_flag(qai, Q.SNOW) & Q.is_valid(qai))), npix)
-    cc = _pct(int(np.count_nonzero(Q.cloud_or_shadow(qai))), npix)
-    fragments.append(f"dc: {dc:6.2f}%. wc: {wc:6.2f}%. sc: {sc:6.2f}%. cc: {cc:6.2f}%.")
-    record = {"data_cover": round(dc, 2), "water_cover": round(wc, 2),
-              "snow_cover": round(sc, 2), "cloud_cover": round(cc, 2)}
+    with timer("clouds"):
+        from .clouds import detect_clouds
+        clouds = detect_clouds(scene, params)
+    for name, seconds in (clouds.stats.get("timings") or {}).items():
+        timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
+    fragments.append(clouds.log_fragment.strip())
+    record = {"data_cover": round(clouds.data_cover, 2), "water_cover": round(clouds.water_cover, 2),
+              "snow_cover": round(clouds.snow_cover, 2), "cloud_cover": round(clouds.cloud_cover, 2),
+              "cloud_cover_unbuffered": round(clouds.cloud_cover_unbuffered, 2)}
     topo = scene.topography
     if topo is not None and getattr(topo, "source", None) is not None:
         record["dem"] = {"file": str(topo.source), "coverage": getattr(topo, "coverage", None),
                          "min_km": topo.dem_min_km, "max_km": topo.dem_max_km}
-    if cc > params.max_cloud_cover_frame:
+    if clouds.skip:
         fragments.append("Skip.")
-        record.update({"skipped": True, "reason": f"too cloudy: {cc:.2f} % > "
+        record.update({"skipped": True, "reason": f"too cloudy: {clouds.cloud_cover:.2f} % > "
                        f"MAX_CLOUD_COVER_FRAME {params.max_cloud_cover_frame:g}",
                        "tiles": [], "files": []})
         return record
@@ -209,10 +206,14 @@ def assemble_products(scene: Scene, params: Parameters,
                                   resampling="nearest",
                                   description="Quality assurance information")]
     names = spec.output_domains
+    if params.erase_clouds:
+        from .clouds import erase_clouds
+        erase_clouds({d: refl[d] for d in names}, {d: scene.grids.get(d, grid) for d in names},
+                     qai, grid)
     bands, grids = [], []
     for d in names:
         arr = refl[d]
-        g = level1.bands[d].grid
+        g = scene.grids.get(d, level1.bands[d].grid)
         m = nodata if arr.shape == qai.shape else _downsample_nodata(nodata, grid, g)
         arr[m] = TOA_NODATA
         bands.append(arr)

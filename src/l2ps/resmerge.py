@@ -12,14 +12,18 @@ Methods (``RES_MERGE``):
 * ``NONE`` — nearest-neighbour replication of the 20 m value onto the 10 m grid.
 * ``REGRESSION`` — per pixel and band an ordinary least-squares fit ``y = a + b·[G, R,
   BNIR]`` over the valid pixels of the 5×5 window (cloudy neighbours take part, nodata ones
-  do not), evaluated at the centre. The window sums are exact integer (int64) running sums
-  of the ×10000 values, so the result does not depend on how rows are split among threads;
-  the 3×3 centred normal equations are solved with column scaling and a pivoted Cholesky
-  that drops (numerically) collinear predictors — at the centre, which is one of the fitted
-  rows, every least-squares solution predicts the same value, as GSL's truncated SVD does.
-  FORCE pads windows with fewer than 25 valid pixels with rows ``[1,0,0,0] → 0``; those rows
-  are not data and pull the fit toward zero at image and nodata edges, so they are dropped
-  here (docs/deviations.d/resmerge.md).
+  do not), evaluated with the centre's 10 m values. Each row pairs a neighbour's 20 m value
+  with the G/R/BNIR means of the same 20 m cell (``fit_scale="coarse"``, default), so a
+  20 m band that is a local linear combination of the 10 m bands is recovered exactly;
+  ``fit_scale="fine"`` uses the neighbour's own 10 m values as FORCE does (slopes
+  attenuated toward 0). The window sums are exact integer (int64) running sums of the
+  ×10000 values, so the result does not depend on how rows are split among threads; the
+  3×3 centred normal equations are solved with column scaling and a pivoted Cholesky that
+  drops collinear predictors — at the centre, which is one of the fitted rows, every
+  least-squares solution predicts the same value, as GSL's truncated SVD does. FORCE pads
+  windows with fewer than 25 valid pixels with rows ``[1,0,0,0] → 0``; those rows are not
+  data and pull the fit toward zero at image and nodata edges, so they are dropped here
+  (docs/deviations.d/resmerge.md).
 * ``IMPROPHE`` (default) — the spectral-similarity weighted mean of the replicated 20 m
   values within the 13-pixel circular kernel (radius 2), thresholds 0.0025 … 0.025 of the
   mean absolute G/R/BNIR difference, at least 3 neighbours per similarity class, weights
@@ -89,18 +93,27 @@ def _to_int16(v: float) -> int:
 
 
 @njit(cache=True, inline="always")
-def _valid(g, r, n, qai, coarse, rmap, cmap, i, j) -> bool:
-    """Usable as a neighbour: not QAI nodata and all nine band values present."""
+def _valid(g, r, n, qai, cvalid, rmap, cmap, i, j) -> bool:
+    """Usable as a neighbour: not QAI nodata and all nine band values present (``cvalid``:
+    1 where all six 20 m values of a 20 m pixel are present)."""
     if qai[i, j] & 1:
         return False
     if g[i, j] == -9999 or r[i, j] == -9999 or n[i, j] == -9999:
         return False
-    ci = rmap[i]
-    cj = cmap[j]
-    for b in range(len(coarse)):
-        if coarse[b][ci, cj] == -9999:
-            return False
-    return True
+    return cvalid[rmap[i], cmap[j]] != 0
+
+
+@njit(cache=True, parallel=True)
+def _coarse_valid(coarse, cvalid):
+    """1 where every coarse band has a value (not −9999), else 0."""
+    cy, cx = cvalid.shape
+    for ci in prange(cy):
+        for cj in range(cx):
+            ok = 1
+            for b in range(len(coarse)):
+                if coarse[b][ci, cj] == -9999:
+                    ok = 0
+            cvalid[ci, cj] = ok
 
 
 @njit(cache=True, parallel=True)
@@ -117,7 +130,7 @@ def _replicate(coarse, rmap, cmap, out):
 
 # ------------------------------------------------------------------------------ IMPROPHE
 @njit(cache=True, parallel=True)
-def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, out):
+def _improphe(g, r, n, qai, coarse, cvalid, rmap, cmap, off_i, off_j, thr, mink, out):
     """IMPROPHE (spec 03 §4): see the module docstring. ``off_i/off_j``: kernel offsets
     (centre included); ``thr``: class limits of the sum of |ΔG|+|ΔR|+|ΔBNIR| (×10000)."""
     nb, ny, nx = out.shape
@@ -140,7 +153,7 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, out):
                 out[b, i, j] = coarse[b][ci0, cj0]
             if qai[i, j] & _SKIP_BITS:
                 continue
-            if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+            if not _valid(g, r, n, qai, cvalid, rmap, cmap, i, j):
                 continue
             gc = np.int64(g[i, j])
             rc = np.int64(r[i, j])
@@ -157,7 +170,7 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, out):
                     continue
                 if qai[ii, jj] & _SKIP_BITS:
                     continue
-                if not _valid(g, r, n, qai, coarse, rmap, cmap, ii, jj):
+                if not _valid(g, r, n, qai, cvalid, rmap, cmap, ii, jj):
                     continue
                 s = abs(gc - g[ii, jj]) + abs(rc - r[ii, jj]) + abs(nc - n[ii, jj])
                 c = 0
@@ -211,7 +224,7 @@ _NQ = 34   # window sums: 1, G, R, N, GG, GR, GN, RR, RN, NN, y(6), G·y(6), R·
 
 
 @njit(cache=True, inline="always")
-def _add_row(g, r, n, qai, coarse, rmap, cmap, agg, row, sign, col):
+def _add_row(g, r, n, qai, coarse, cvalid, rmap, cmap, agg, row, sign, col):
     """Add (sign = +1) or remove (−1) the window quantities of one image row to the
     per-column sums ``col`` (nx, 34), exact in int64. Predictors: the 20 m aggregates
     ``agg`` (4 × block mean) of the pixel's 20 m cell, or (``agg`` empty, FORCE) the
@@ -220,7 +233,7 @@ def _add_row(g, r, n, qai, coarse, rmap, cmap, agg, row, sign, col):
     nx = g.shape[1]
     ci = rmap[row]
     for j in range(nx):
-        if not _valid(g, r, n, qai, coarse, rmap, cmap, row, j):
+        if not _valid(g, r, n, qai, cvalid, rmap, cmap, row, j):
             continue
         cj = cmap[j]
         if use_agg:
@@ -328,7 +341,7 @@ def _solve_predict(h, xc0, xc1, xc2, nb, pred, c, s, lmat, use, dx, z, beta):
 
 
 @njit(cache=True, parallel=True)
-def _regression(g, r, n, qai, coarse, rmap, cmap, agg, rad, chunk, out):
+def _regression(g, r, n, qai, coarse, cvalid, rmap, cmap, agg, rad, chunk, out):
     """REGRESSION (spec 03 §4) with exact running window sums; ``rad``: window radius;
     ``agg``: (3, cy, cx) 4 × 20 m means of G/R/BNIR (fit at 20 m), or shape (3, 0, 0) for
     FORCE's fit of the 20 m values on the 10 m predictors."""
@@ -350,11 +363,11 @@ def _regression(g, r, n, qai, coarse, rmap, cmap, agg, rad, chunk, out):
         sc_b = np.empty(3, np.float64)
         sc_u = np.empty(3, np.bool_)
         for row in range(max(a - rad, 0), min(a + rad, ny)):
-            _add_row(g, r, n, qai, coarse, rmap, cmap, agg, row, 1, col)
+            _add_row(g, r, n, qai, coarse, cvalid, rmap, cmap, agg, row, 1, col)
         cnt = 0
         for i in range(a, e):
             if i + rad < ny:
-                _add_row(g, r, n, qai, coarse, rmap, cmap, agg, i + rad, 1, col)
+                _add_row(g, r, n, qai, coarse, cvalid, rmap, cmap, agg, i + rad, 1, col)
             ci0 = rmap[i]
             for q in range(_NQ):
                 h[q] = 0
@@ -373,7 +386,7 @@ def _regression(g, r, n, qai, coarse, rmap, cmap, agg, rad, chunk, out):
                     out[b, i, j] = coarse[b][ci0, cj0]
                 if qai[i, j] & _SKIP_BITS:
                     continue
-                if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                if not _valid(g, r, n, qai, cvalid, rmap, cmap, i, j):
                     continue
                 _solve_predict(h, xs * np.int64(g[i, j]), xs * np.int64(r[i, j]),
                                xs * np.int64(n[i, j]),
@@ -382,13 +395,13 @@ def _regression(g, r, n, qai, coarse, rmap, cmap, agg, rad, chunk, out):
                     out[b, i, j] = _to_int16(pred[b])
                 cnt += 1
             if i - rad >= 0:
-                _add_row(g, r, n, qai, coarse, rmap, cmap, agg, i - rad, -1, col)
+                _add_row(g, r, n, qai, coarse, cvalid, rmap, cmap, agg, i - rad, -1, col)
         merged[t] = cnt
     return merged.sum()
 
 
 @njit(cache=True, parallel=True)
-def _aggregate(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, agg):
+def _aggregate(g, r, n, qai, coarse, cvalid, rmap, cmap, rstart, cstart, agg):
     """4 × the mean of G, R, BNIR over the valid 10 m pixels of each 20 m pixel, rounded
     (exact when all are valid: the block sum), int32; 0 where none is valid."""
     cy = agg.shape[1]
@@ -401,7 +414,7 @@ def _aggregate(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, agg):
             m = 0
             for i in range(rstart[ci], rstart[ci + 1]):
                 for j in range(cstart[cj], cstart[cj + 1]):
-                    if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                    if not _valid(g, r, n, qai, cvalid, rmap, cmap, i, j):
                         continue
                     s0 += np.int64(g[i, j])
                     s1 += np.int64(r[i, j])
@@ -423,14 +436,14 @@ def _aggregate(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, agg):
 
 # -------------------------------------------------------------------------------- STARFM
 @njit(cache=True, parallel=True)
-def _pair_moments(g, r, n, qai, coarse, rmap, cmap):
+def _pair_moments(g, r, n, qai, coarse, cvalid, rmap, cmap):
     """Per-row sums of the two fine base pairs (reflectance) and their squares over valid
     pixels, reduced in row order (deterministic)."""
     ny, nx = g.shape
     part = np.zeros((ny, 5), np.float64)
     for i in prange(ny):
         for j in range(nx):
-            if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+            if not _valid(g, r, n, qai, cvalid, rmap, cmap, i, j):
                 continue
             f0 = 0.5 * (g[i, j] + r[i, j]) * 1e-4
             f1 = n[i, j] * 1e-4
@@ -447,7 +460,7 @@ def _pair_moments(g, r, n, qai, coarse, rmap, cmap):
 
 
 @njit(cache=True, parallel=True)
-def _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, pairs):
+def _simulate_coarse(g, r, n, qai, coarse, cvalid, rmap, cmap, rstart, cstart, pairs):
     """The base pairs as the 20 m sensor would see them: 5×5 Gaussian (σ = 0.5 px,
     normalised over valid neighbours), then the mean over the valid 10 m pixels of each
     20 m pixel. ``rstart/cstart``: first fine row/col of each coarse row/col (+1 entry)."""
@@ -465,7 +478,7 @@ def _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, pairs):
             m = 0
             for i in range(rstart[ci], rstart[ci + 1]):
                 for j in range(cstart[cj], cstart[cj + 1]):
-                    if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+                    if not _valid(g, r, n, qai, cvalid, rmap, cmap, i, j):
                         continue
                     ws = 0.0
                     v0 = 0.0
@@ -478,7 +491,7 @@ def _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, pairs):
                             jj = j + b - 2
                             if jj < 0 or jj >= nx:
                                 continue
-                            if not _valid(g, r, n, qai, coarse, rmap, cmap, ii, jj):
+                            if not _valid(g, r, n, qai, cvalid, rmap, cmap, ii, jj):
                                 continue
                             ww = w[a, b]
                             ws += ww
@@ -496,68 +509,84 @@ def _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, rstart, cstart, pairs):
 
 
 @njit(cache=True, parallel=True)
-def _starfm(g, r, n, qai, coarse, rmap, cmap, pairs, slice0, slice1, out):
+def _starfm(g, r, n, qai, coarse, cvalid, rmap, cmap, pairs, slice0, slice1, out):
     """Spectral STARFM (spec 03 §4) on the 3×3 window; see the module docstring."""
     nb, ny, nx = out.shape
     unc_r = _STARFM_UNC
     merged = np.zeros(ny, np.int64)
     for i in prange(ny):
+        # the (up to) 9 neighbours × 2 pairs that pass the slice test: fine value, simulated
+        # coarse value, distance, 20 m index
+        qf = np.empty(18, np.float64)
+        qc = np.empty(18, np.float64)
+        qd = np.empty(18, np.float64)
+        qi = np.empty(18, np.int64)
+        qj = np.empty(18, np.int64)
         cnt = 0
+        ci0 = rmap[i]
         for j in range(nx):
-            ci0 = rmap[i]
             cj0 = cmap[j]
             for b in range(nb):
                 out[b, i, j] = coarse[b][ci0, cj0]
             if qai[i, j] & _SKIP_BITS:
                 continue
-            if not _valid(g, r, n, qai, coarse, rmap, cmap, i, j):
+            if not _valid(g, r, n, qai, cvalid, rmap, cmap, i, j):
                 continue
             f0p = 0.5 * (g[i, j] + r[i, j]) * 1e-4
             f1p = n[i, j] * 1e-4
             c0p = pairs[0, ci0, cj0]
             c1p = pairs[1, ci0, cj0]
+            m = 0
+            for di in range(-1, 2):
+                ii = i + di
+                if ii < 0 or ii >= ny:
+                    continue
+                for dj in range(-1, 2):
+                    jj = j + dj
+                    if jj < 0 or jj >= nx:
+                        continue
+                    if not _valid(g, r, n, qai, cvalid, rmap, cmap, ii, jj):
+                        continue
+                    ci = rmap[ii]
+                    cj = cmap[jj]
+                    d = math.sqrt(di * di + dj * dj)
+                    f0 = 0.5 * (g[ii, jj] + r[ii, jj]) * 1e-4
+                    if abs(f0 - f0p) <= slice0:
+                        qf[m] = f0
+                        qc[m] = pairs[0, ci, cj]
+                        qd[m] = d
+                        qi[m] = ci
+                        qj[m] = cj
+                        m += 1
+                    f1 = n[ii, jj] * 1e-4
+                    if abs(f1 - f1p) <= slice1:
+                        qf[m] = f1
+                        qc[m] = pairs[1, ci, cj]
+                        qd[m] = d
+                        qi[m] = ci
+                        qj[m] = cj
+                        m += 1
             for b in range(nb):
-                tp = coarse[b][ci0, cj0] * 1e-4
+                src = coarse[b]
+                tp = src[ci0, cj0] * 1e-4
                 min_rc = min(abs(c0p - tp), abs(c1p - tp))
                 min_rf = min(abs(c0p - f0p), abs(c1p - f1p))
                 csum = 0.0
                 vsum = 0.0
-                for di in range(-1, 2):
-                    ii = i + di
-                    if ii < 0 or ii >= ny:
+                for k in range(m):
+                    tq = src[qi[k], qj[k]] * 1e-4
+                    rcq = qc[k] - tq
+                    rfq = qc[k] - qf[k]
+                    if not (abs(rcq) < min_rc + unc_r or abs(rfq) < min_rf + unc_r):
                         continue
-                    for dj in range(-1, 2):
-                        jj = j + dj
-                        if jj < 0 or jj >= nx:
-                            continue
-                        if not _valid(g, r, n, qai, coarse, rmap, cmap, ii, jj):
-                            continue
-                        ci = rmap[ii]
-                        cj = cmap[jj]
-                        tq = coarse[b][ci, cj] * 1e-4
-                        d = math.sqrt(di * di + dj * dj)
-                        for k in range(2):
-                            if k == 0:
-                                fq = 0.5 * (g[ii, jj] + r[ii, jj]) * 1e-4
-                                if abs(fq - f0p) > slice0:
-                                    continue
-                            else:
-                                fq = n[ii, jj] * 1e-4
-                                if abs(fq - f1p) > slice1:
-                                    continue
-                            cq = pairs[k, ci, cj]
-                            rcq = cq - tq
-                            rfq = cq - fq
-                            if not (abs(rcq) < min_rc + unc_r or abs(rfq) < min_rf + unc_r):
-                                continue
-                            tt = abs(rcq) + 1e-4
-                            ss = abs(rfq) + 1e-4
-                            if tt * ss < _STARFM_UNC_ALL:
-                                cw = 1.0
-                            else:
-                                cw = 1.0 / (tt * ss * (1.0 + d))
-                            csum += cw
-                            vsum += cw * (fq - rcq)
+                    tt = abs(rcq) + 1e-4
+                    ss = abs(rfq) + 1e-4
+                    if tt * ss < _STARFM_UNC_ALL:
+                        cw = 1.0
+                    else:
+                        cw = 1.0 / (tt * ss * (1.0 + qd[k]))
+                    csum += cw
+                    vsum += cw * (qf[k] - rcq)
                 if csum > 0.0:
                     out[b, i, j] = _to_int16(vsum / csum * 1e4)
             cnt += 1
@@ -591,6 +620,8 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
     arrays on ``scene.grid`` and sets ``scene.grids[d] = scene.grid``; NONE replicates the
     20 m values (nearest neighbour). Nodata, cloud and shadow pixels (QAI) keep the
     replicated value. ``nthreads`` sets numba's thread count for the call (default: as is).
+    ``fit_scale`` (REGRESSION only): "coarse" (default) fits the 20 m values on the 20 m
+    means of the predictors, "fine" on the 10 m predictors as FORCE.
 
     Returns stats: ``method``, ``seconds``, ``pixels_merged`` (10 m pixels computed by the
     method), ``bands``. For a scene that is not Sentinel-2 nothing happens
@@ -599,6 +630,8 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
     import numba
 
     t0 = time.perf_counter()
+    if fit_scale not in ("coarse", "fine"):
+        raise ValueError(f"fit_scale {fit_scale!r}: expected 'coarse' or 'fine'")
     m = str(method).strip().upper()
     if m not in METHODS:
         raise ParameterError(f"RES_MERGE = {method!r}: expected one of {', '.join(METHODS)}")
@@ -627,36 +660,38 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
     g, r, n = (np.ascontiguousarray(scene.toa[d], np.int16) for d in PREDICTORS)
     qai = np.ascontiguousarray(scene.qai, np.uint16)
     out = np.empty((len(TARGETS), grid.ny, grid.nx), np.int16)
+    cvalid = np.empty((tgrid.ny, tgrid.nx), np.uint8)
 
     old = numba.get_num_threads()
     if nthreads is not None:
         numba.set_num_threads(max(1, min(int(nthreads), numba.config.NUMBA_NUM_THREADS)))
     try:
+        _coarse_valid(coarse, cvalid)
         if m == "NONE":
             _replicate(coarse, rmap, cmap, out)
             merged = 0
         elif m == "IMPROPHE":
             oi, oj = _kernel_offsets(2)
-            merged = _improphe(g, r, n, qai, coarse, rmap, cmap, oi, oj, _IMPROPHE_SUM_THR,
+            merged = _improphe(g, r, n, qai, coarse, cvalid, rmap, cmap, oi, oj, _IMPROPHE_SUM_THR,
                                _IMPROPHE_MINK, out)
         elif m == "REGRESSION":
             if fit_scale == "coarse":
                 agg = np.empty((3, tgrid.ny, tgrid.nx), np.int32)
-                _aggregate(g, r, n, qai, coarse, rmap, cmap, _starts(rmap, tgrid.ny),
+                _aggregate(g, r, n, qai, coarse, cvalid, rmap, cmap, _starts(rmap, tgrid.ny),
                            _starts(cmap, tgrid.nx), agg)
             else:
                 agg = np.empty((3, 0, 0), np.int32)
-            merged = _regression(g, r, n, qai, coarse, rmap, cmap, agg, 2, _REG_CHUNK, out)
+            merged = _regression(g, r, n, qai, coarse, cvalid, rmap, cmap, agg, 2, _REG_CHUNK, out)
             del agg
         else:
-            tot = _pair_moments(g, r, n, qai, coarse, rmap, cmap)
+            tot = _pair_moments(g, r, n, qai, coarse, cvalid, rmap, cmap)
             cnt = max(tot[0], 1.0)
             std0 = math.sqrt(max(tot[2] / cnt - (tot[1] / cnt) ** 2, 0.0))
             std1 = math.sqrt(max(tot[4] / cnt - (tot[3] / cnt) ** 2, 0.0))
             pairs = np.zeros((2, tgrid.ny, tgrid.nx), np.float32)
-            _simulate_coarse(g, r, n, qai, coarse, rmap, cmap, _starts(rmap, tgrid.ny),
+            _simulate_coarse(g, r, n, qai, coarse, cvalid, rmap, cmap, _starts(rmap, tgrid.ny),
                              _starts(cmap, tgrid.nx), pairs)
-            merged = _starfm(g, r, n, qai, coarse, rmap, cmap, pairs, 2.0 * std0 / 40.0,
+            merged = _starfm(g, r, n, qai, coarse, cvalid, rmap, cmap, pairs, 2.0 * std0 / 40.0,
                              2.0 * std1 / 40.0, out)
             del pairs
             stats["slices"] = [2.0 * std0 / 40.0, 2.0 * std1 / 40.0]

@@ -68,7 +68,7 @@ def _h2o_above(elev: float) -> float:
     s.altitudes.set_sensor_satellite_level()
     s.wavelength = Wavelength(PredefinedWavelengths.LANDSAT_OLI_B5)
     s.run()
-    m = re.search(r"uh2o=\s*([0-9.]+)\s*g/cm2", s.outputs.fulltext)
+    m = re.search(r"uh2o=\s*([0-9.]+)\s*g/cm2\s+uo3=", s.outputs.fulltext)   # target level line
     return float(m.group(1))
 
 
@@ -128,19 +128,27 @@ def random_cases(n: int, seed: int = 0, sensors=CLOSURE_SENSORS) -> list[Case]:
     return out
 
 
-def matrix_cases(sensors=CLOSURE_SENSORS) -> list[Case]:
-    """The full factorial closure matrix (corners and centres of every axis)."""
+def matrix_cases(sensors=CLOSURE_SENSORS, corners_only: bool = False) -> list[Case]:
+    """The factorial closure matrix: the ends of every axis (sun zenith 20/70°, view 0° or 10°
+    at relative azimuth 30°/150°, AOD550 0.05/0.5, water vapour 0.5/4, elevation 0/2 km,
+    ρ 0.02/0.5) plus the centre values (45°, 0.2, 2.0, 1 km, 0.1) unless ``corners_only``."""
+    mid = not corners_only
+    szas = (20.0, 45.0, 70.0) if mid else (20.0, 70.0)
+    aods = (0.05, 0.2, 0.5) if mid else (0.05, 0.5)
+    wvs = (0.5, 2.0, 4.0) if mid else (0.5, 4.0)
+    elevs = (0.0, 1.0, 2.0) if mid else (0.0, 2.0)
+    rhos = (0.02, 0.1, 0.5) if mid else (0.02, 0.5)
     out = []
     for s in sensors:
         for d in OUTPUT:
             if d not in PY6S_BAND[SENSOR_TABLE[s]]:
                 continue
-            for sza in (20.0, 45.0, 70.0):
+            for sza in szas:
                 for vza, raa in ((0.0, 0.0), (10.0, 30.0), (10.0, 150.0)):
-                    for aod in (0.05, 0.2, 0.5):
-                        for wv in (0.5, 2.0, 4.0):
-                            for elev in (0.0, 2.0):
-                                for rho in (0.02, 0.1, 0.5):
+                    for aod in aods:
+                        for wv in wvs:
+                            for elev in elevs:
+                                for rho in rhos:
                                     out.append(Case(s, d, sza, vza, raa, aod, wv, elev, rho))
     return out
 

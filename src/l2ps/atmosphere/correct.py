@@ -193,9 +193,11 @@ def _cell_lonlat(coarse) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dem_km(scene) -> np.ndarray | None:
+    """The DEM (metres, NaN = nodata) on the processing grid, or None for flat 0 m terrain
+    (no topography stage, or a flat DEM without a file)."""
     topo = scene.topography
     dem = getattr(topo, "dem", None) if topo is not None else None
-    if dem is None:
+    if dem is None or getattr(topo, "flat", False):
         return None
     return np.asarray(dem)
 
@@ -240,7 +242,11 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     ozone = ozone_amount(lon, lat, doy)
 
     dem = _dem_km(scene)
-    zmin, zmax, zmean = _dem_stats(dem, scene.qai)
+    topo = scene.topography
+    if dem is not None and hasattr(topo, "dem_min_km"):
+        zmin, zmax, zmean = float(topo.dem_min_km), float(topo.dem_max_km), float(topo.dem_mean_km)
+    else:
+        zmin, zmax, zmean = _dem_stats(dem, scene.qai)
     levels = G.elevation_levels(zmin, zmax)
 
     # aerosol: fallback spectrum (DO_AOD = TRUE falls back too until dark targets exist)

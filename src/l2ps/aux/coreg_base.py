@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from ..errors import AuxiliaryError
 from ..grid import Grid
@@ -104,11 +105,12 @@ def read_base_band(path: Path, month: int, grid: Grid, *, nodata: int = -9999,
         if abs(t.b) > 0 or abs(t.d) > 0:
             win = Window(0, 0, src.width, src.height)
         else:
-            w = from_bounds(left, bottom, right, top, transform=t)
-            c0 = max(int(math.floor(w.col_off)) - _PAD, 0)
-            r0 = max(int(math.floor(w.row_off)) - _PAD, 0)
-            c1 = min(int(math.ceil(w.col_off + w.width)) + _PAD, src.width)
-            r1 = min(int(math.ceil(w.row_off + w.height)) + _PAD, src.height)
+            ca, cb = sorted(((left - t.c) / t.a, (right - t.c) / t.a))
+            ra, rb = sorted(((top - t.f) / t.e, (bottom - t.f) / t.e))
+            c0 = max(int(math.floor(ca)) - _PAD, 0)
+            r0 = max(int(math.floor(ra)) - _PAD, 0)
+            c1 = min(int(math.ceil(cb)) + _PAD, src.width)
+            r1 = min(int(math.ceil(rb)) + _PAD, src.height)
             win = Window(c0, r0, max(c1 - c0, 1), max(r1 - r0, 1))
         try:
             data = src.read(int(month), window=win, out_dtype="float32")
@@ -119,7 +121,7 @@ def read_base_band(path: Path, month: int, grid: Grid, *, nodata: int = -9999,
         if src.nodata is not None and np.isfinite(src.nodata):
             bad |= data == np.float32(src.nodata)
         data[bad] = np.nan
-        src_transform = src.window_transform(win)
+        src_transform = t @ Affine.translation(win.col_off, win.row_off)
         src_crs = src.crs
         file_nodata = src.nodata
     out = np.full(grid.shape, np.nan, np.float32)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from .. import qai as Q
 from ..grid import Grid
 from ..scene import Scene, resample_nearest
 from . import potential as P

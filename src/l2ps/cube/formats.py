@@ -483,7 +483,8 @@ def write_tile(path: str | os.PathLike, grid: Grid, nbands: int, fmt: OutputForm
                            lay.aligned(factors[-1]) for lay in layers):
             for level, f in enumerate(factors):
                 ov = tmpdir / f".ovr{f}-{os.getpid()}.vrt"
-                ov.write_text(_vrt_xml(-(-ny // f), -(-nx // f), grid, nbands, None,
+                ov.write_text(_vrt_xml(-(-ny // f), -(-nx // f), grid, nbands,
+                                       RasterSpec((), spec.nodata),
                                        [(lay, level, f) for lay in layers], []))
                 overview_files.append(str(ov))
             opts["OVERVIEWS"] = "FORCE_USE_EXISTING"

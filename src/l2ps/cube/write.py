@@ -15,8 +15,14 @@ metadata (domain ``L2PS``, item ``CONTRIBUTORS``) lists its contributors. As lon
 there is one, nothing else is stored. When a second image arrives, the current content is
 saved as the first contributor's chip, and every contribution is kept as a compressed
 GeoTIFF in the hidden folder ``<tile>/.contrib/<YYYYMMDD>_LEVEL2_<SENSOR>/
-<level1_id>_<PRODUCT>.tif``; the tile file is then recomputed from all chips. OVV is
+<level1_id>_<PRODUCT>.tif`` (window-sized); the tile file is then recomputed from them. OVV is
 recomputed from the merged BOA/TOA and QAI. See docs/cube.md.
+
+Cost proportional to the data, not to the tile area: only the image's data window in a
+tile (valid QAI box, aligned to :func:`formats.window_alignment`) is handled; tile files
+are tile-sized but sparse (GDAL assembles them from window files, nodata blocks are not
+stored, COG overviews come from the windows' overviews); chips hold only their window;
+merging recomputes only the window that can change and lets GDAL copy the rest.
 
 Every file is written under its lock (all files of one tile/date/sensor group are locked
 together, in sorted order) and atomically (temporary file + rename).
@@ -695,9 +701,8 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             target = native
         warped = _with_dst(warp_products(prods, target, num_threads=nthread), target, dst)
         win, _, _ = _data_window(warped[0].bands[0], formats.Window(0, 0, target.ny, target.nx))
-        if win is None:
-            result.tiles_empty.append(refsys_id)
-            return result
+        if win is None:         # no valid pixel: written anyway (no filters, §2.11)
+            win = formats.Window(0, 0, 1, 1)
         result.files += group(out_dir / refsys_id).write(warped, _views(warped, win), win,
                                                          target, ovv, res)
         result.tiles_written.append(refsys_id)

@@ -97,22 +97,51 @@ def content_scene(truth: dict, *, snow_line: float | None = None) -> Scene:
     return scene
 
 
-def render_surface(truth: dict, domain: str, grid: Grid, *, snow_line: float | None = None,
-                   block_rows: int = 512) -> np.ndarray:
+def render_surface(truth: dict, domain: str, grid: Grid, *, illuminated: bool = True,
+                   snow_line: float | None = None, block_rows: int = 512) -> np.ndarray:
     """Clear-sky surface reflectance (float32, 0–1) of band ``domain`` (e.g. "NIR",
     "BROADNIR") at the pixel centres of ``grid`` (in the product's CRS), unshifted, without
-    the per-pixel noise of the product."""
+    the per-pixel noise of the product.
+
+    ``illuminated``: times the terrain illumination of the product's sun (at the scene
+    centre) as the product renders it — Lambertian direct part plus sky-view diffuse part —
+    i.e. the reflectance a sensor would see at the ground without atmosphere (what a mean
+    NIR base image made from images of the same month shows in mountains).
+    """
+    from .scene import direct_fraction
     scene = content_scene(truth, snow_line=snow_line)
     if domain not in scene.doms:
         raise ValueError(f"{truth['sensor']} has no reflective band {domain!r}")
     bi = scene.doms.index(domain)
     out = np.empty(grid.shape, np.float32)
     xs = grid.x0 + (np.arange(grid.nx) + 0.5) * grid.dx
+    if illuminated:
+        sza, saz = scene.geo.sun_at(grid.x0 + grid.nx * grid.dx / 2,
+                                    grid.y0 - grid.ny * grid.dy / 2)
+        sza = float(sza)
+        sx, sy = (float(v) for v in scene.geo.sun_vector(float(saz)))
+        ts = math.radians(sza)
+        wl = scene.centres[domain]
     for r0 in range(0, grid.ny, block_rows):
         ys = grid.y0 - (np.arange(r0, min(r0 + block_rows, grid.ny)) + 0.5) * grid.dy
-        z = scene.dem(xs, ys)
+        if illuminated:
+            xh = np.concatenate([[xs[0] - grid.dx], xs, [xs[-1] + grid.dx]])
+            yh = np.concatenate([[ys[0] + grid.dy], ys, [ys[-1] - grid.dy]])
+            zh = scene.dem(xh, yh)
+            z = zh[1:-1, 1:-1]
+            dzdx = (zh[1:-1, 2:] - zh[1:-1, :-2]) / (2 * grid.dx)
+            dzdy = (zh[:-2, 1:-1] - zh[2:, 1:-1]) / (2 * grid.dy)
+        else:
+            z = scene.dem(xs, ys)
         cls, veg, bright = scene.covers(xs, ys, z)
-        out[r0:r0 + len(ys)] = scene.surface(bi, cls, veg, bright)
+        rho = scene.surface(bi, cls, veg, bright)
+        if illuminated:
+            norm = np.sqrt(1 + dzdx ** 2 + dzdy ** 2)
+            cos_i = (-dzdx * math.sin(ts) * sx - dzdy * math.sin(ts) * sy + math.cos(ts)) / norm
+            skyview = (1 + 1 / norm) / 2
+            fdir = direct_fraction(wl, sza, scene.opt.aod, z / 1000.0)
+            rho = rho * (fdir * np.maximum(cos_i, 0) / math.cos(ts) + (1 - fdir) * skyview)
+        out[r0:r0 + len(ys)] = rho
     return out
 
 

@@ -501,10 +501,11 @@ class Scene:
         self.lat_sand = L("sand", 3000.0)
         self.lat_veg = [L("veg0", 900.0), L("veg1", 220.0)]
         self.lat_bright = L("brightness", 150.0)
-        # optional sub-20 m texture (vegetation fraction, brightness, wetness): drawn only
-        # when asked for, from their own substreams, so default scenes are unchanged
-        self.lat_fine = [L("fine-veg", 40.0), L("fine-bright", 25.0), L("fine-wet", 60.0)] \
-            if options.fine_texture > 0 else None
+        # optional sub-20 m texture (vegetation fraction, brightness, wetness, a band-specific
+        # absorption): drawn only when asked for, from their own substreams, so default
+        # scenes are unchanged
+        self.lat_fine = [L("fine-veg", 40.0), L("fine-bright", 50.0), L("fine-wet", 60.0),
+                         L("fine-spec", 30.0)] if options.fine_texture > 0 else None
         self.lat_aod = L("aod", 20000.0)
         self.lat_wv = L("wv", 25000.0)
         self.lat_temp = L("temp", 1200.0)
@@ -612,12 +613,13 @@ class Scene:
         veg[cls == code["urban"]] *= 0.35
         veg[cls == code["sand"]] *= 0.15
         if self.lat_fine is not None:     # sub-20 m vegetation texture (fields, crowns)
-            veg += 0.15 * self.opt.fine_texture * self.lat_fine[0].grid(xs, ys, 3)
+            veg += self.opt.fine_texture * (0.05 * self.lat_fine[0].grid(xs, ys, 3)
+                                            + 0.35 * self._parcels(xs, ys))
         veg = np.clip(veg, 0, 1)
         veg[(cls == code["water"]) | (cls == code["snow"])] = 0
         bright = 1.0 + 0.08 * self.lat_bright.grid(xs, ys, 1)
         if self.lat_fine is not None:     # sub-20 m brightness texture (all bands alike)
-            bright *= 1.0 + 0.06 * self.opt.fine_texture * self.lat_fine[1].grid(xs, ys, 3)
+            bright *= 1.0 + 0.04 * self.opt.fine_texture * self.lat_fine[1].grid(xs, ys, 3)
         if rows is not None:
             bright += 0.02 * hash_noise(rows, cols, self.opt.seed)
         for (x0, y0, x1, y1) in self.targets:
@@ -627,22 +629,52 @@ class Scene:
             bright[inside] = 1.0
         return cls, veg.astype(np.float32), bright.astype(np.float32)
 
-    def surface(self, band_idx: int, cls, veg, bright, wet=None) -> np.ndarray:
-        """Surface reflectance of reflective band ``band_idx`` (index into self.doms);
-        ``wet`` (optional, 0..~0.3) darkens by 1 − wet·k(λ), k from 0.3 (blue) to 1 (SWIR)."""
+    def surface(self, band_idx: int, cls, veg, bright, fine=None) -> np.ndarray:
+        """Surface reflectance of reflective band ``band_idx`` (index into self.doms).
+
+        ``fine`` (optional, from :meth:`fine_fields`): wetness w darkens by 1 − w·k(λ), k from
+        0.3 (blue) to 1 (SWIR); an absorption texture a scales by 1 + a·cos(2π(λ − 0.49)/0.8),
+        a factor the 10 m bands do not fully span (as real red-edge/SWIR detail)."""
         base = self.cover_table[:, band_idx][cls]
         rho = bright * ((1 - veg) * base + veg * self.veg_spec[band_idx])
-        if wet is not None:
+        if fine is not None:
             wl = self.centres[self.doms[band_idx]]
-            rho = rho * (1.0 - wet * (0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0)))
+            rho = rho * (1.0 - fine[0] * (0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0)))
+            rho = rho * (1.0 + fine[1] * math.cos(2 * math.pi * (wl - 0.49) / 0.8))
         return rho.astype(np.float32)
 
-    def wetness(self, xs, ys):
-        """Sub-20 m surface wetness (0..~0.3) when ``fine_texture`` > 0, else None."""
+    def fine_fields(self, xs, ys):
+        """(wetness 0..~0.3, absorption texture ±~0.03) when ``fine_texture`` > 0, else None."""
         if self.lat_fine is None:
             return None
-        w = 0.12 * self.opt.fine_texture * np.maximum(self.lat_fine[2].grid(xs, ys, 3), 0)
-        return w.astype(np.float32)
+        ft = self.opt.fine_texture
+        w = 0.12 * ft * np.maximum(self.lat_fine[2].grid(xs, ys, 3), 0)
+        a = 0.03 * ft * self.lat_fine[3].grid(xs, ys, 3)
+        return np.stack([w, a]).astype(np.float32)
+
+    PARCEL = 80.0   # m, mean spacing of the Voronoi field parcels of the fine texture
+
+    def _parcels(self, xs, ys):
+        """Piecewise-constant field parcels (Voronoi cells of a jittered PARCEL lattice, sharp
+        edges at arbitrary positions), value in [−1, 1) per parcel; a function of map
+        coordinates only (block independent)."""
+        s = self.PARCEL
+        x0, _, _, y0 = self.grid.bounds
+        ix = np.floor((xs - x0) / s).astype(np.int64) + 4
+        iy = np.floor((y0 - ys) / s).astype(np.int64) + 4
+        seed = self.opt.seed * 7919 + 17
+        best = np.full((len(ys), len(xs)), np.inf, np.float32)
+        val = np.zeros((len(ys), len(xs)), np.float32)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                cy, cx = iy + di, ix + dj
+                px = x0 + (cx[None, :] - 4 + 0.5 + 0.45 * hash_noise(cy, cx, seed)) * s
+                py = y0 - (cy[:, None] - 4 + 0.5 + 0.45 * hash_noise(cy, cx, seed + 1)) * s
+                d2 = (xs[None, :] - px) ** 2 + (ys[:, None] - py) ** 2
+                closer = d2 < best
+                best = np.where(closer, d2, best)
+                val = np.where(closer, hash_noise(cy, cx, seed + 2), val)
+        return val
 
     def aod_field(self, xs, ys, z):
         """AOD at 550 nm: scene value ±15 % (50 km structures), less over mountains."""
@@ -758,7 +790,7 @@ class Scene:
         vza, vaa = self.geo.view_angles(xs[None, :], ys[:, None])
         return dict(row0=row0, rows=rows, cols=cols, xs=xs, ys=ys, z=z, slope=slope, cos_i=cos_i,
                     skyview=skyview, cls=cls, veg=veg, bright=bright, aod=aod, wv=wv,
-                    sza=sza, saa=saz, shade=shade, vza=vza, vaa=vaa, wet=self.wetness(xs, ys))
+                    sza=sza, saa=saz, shade=shade, vza=vza, vaa=vaa, fine=self.fine_fields(xs, ys))
 
     def cloud_cover(self, blk: dict, beta: float = 0.0):
         """(list of cloud alphas, class mask) for the view geometry of a band."""
@@ -780,7 +812,7 @@ class Scene:
         """(surface reflectance, TOA reflectance) of a reflective band for a block."""
         dom = self.doms[band_idx]
         wl = self.centres[dom]
-        rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], blk.get("wet"))
+        rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], blk.get("fine"))
         env = self.env(band_idx, blk["xs"], blk["ys"])
         z_km = blk["z"] / 1000.0
         fdir = direct_fraction(wl, blk["sza"], blk["aod"], z_km)
