@@ -370,6 +370,31 @@ def test_kill_during_extraction_leaves_nothing_behind(tmp_path, images, referenc
     assert_same_pixels(cube_pixels(ws.cube), {k: v for k, v in reference.items() if "SEN2A" in k})
 
 
+def test_sigterm_during_a_tile_write_cleans_up(tmp_path, images):
+    """SIGTERM (Snakemake cancelling, SLURM's time limit before SIGKILL) in the middle of
+    a tile write: the temporary file and the job's temporary folder are removed on the way
+    out, the queue line stays QUEUED, no visible file is left half-written."""
+    ws = new_workspace(tmp_path, [images["LA"]])
+    signal_file = tmp_path / "paused"
+    fault = {"at": "write", "action": "pause", "n": 3, "signal_file": str(signal_file)}
+    proc = subprocess.Popen([str(BIN / "l2ps"), "level2", str(images["LA"]), str(ws.prm)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True,
+                            env=child_env(L2PS_FAULT_INJECTION=json.dumps(fault)))
+    try:
+        pid = int(wait_for_file(signal_file, proc))
+        assert pid == proc.pid
+        assert temp_leftovers(ws.cube)
+        os.kill(pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        kill_all(proc, None)
+    assert not temp_leftovers(ws.cube)
+    assert not [d for d in ws.dirs["DIR_TEMP"].iterdir() if d.name.startswith("l2ps-")]
+    assert queue_status(ws.queue)[images["LA"].name] == "QUEUED"
+    cube_pixels(ws.cube)                                     # every visible file readable
+
+
 # ============================================================================ disk full
 def test_disk_full_fails_the_image_and_leaves_the_cube_intact(tmp_path, images):
     ws = new_workspace(tmp_path, [images["LA"], images["LB"]])

@@ -159,6 +159,14 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                        f"MAX_CLOUD_COVER_FRAME {params.max_cloud_cover_frame:g}",
                        "tiles": [], "files": []})
         return record
+    if params.dir_coreg_base is not None:
+        with timer("coreg"):
+            from .coreg import coregister
+            cr = coregister(scene, params)
+        fragments.append(cr.log_fragment.strip())
+        record["coreg"] = {"n_ties": cr.n_ties, "shift_x_m": round(cr.shift_x_m, 3),
+                           "shift_y_m": round(cr.shift_y_m, 3), "rmse_px": round(cr.rmse_px, 4),
+                           "base_image": str(cr.base_image), "model": cr.model}
     if params.file_aoi is not None:
         with timer("aoi"):
             from .cube import rasterize_aoi
