@@ -108,12 +108,14 @@ def case(name: str) -> dict:
         res["scene_mb"] = round(sum(b.nbytes for p in prods for b in p.bands) / 2**20, 1)
         res["write"] = _write(prods, _params(out, proj), "S2_A")
     elif name == "merge":
-        prods = _products(10980, 399960.0, 5600040.0)
+        n = int(os.environ.get("BENCH_N", "10980"))        # scene size (px)
+        res["scene_px"] = n
+        prods = _products(n, 399960.0, 5600040.0)
         p = _params(out, "GLANCE7")
         res["first"] = _write(prods, p, "S2_A")
         res["same_image_again"] = _write(prods, p, "S2_A")
         del prods
-        res["second_image_shifted_3km"] = _write(_products(10980, 402960.0, 5597040.0, seed=1),
+        res["second_image_shifted_3km"] = _write(_products(n, 402960.0, 5597040.0, seed=1),
                                                  p, "S2_B")
     elif name == "cog_floor":
         import numpy as np

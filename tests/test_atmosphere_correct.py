@@ -75,8 +75,9 @@ def _surface(shape, lo=0.02, hi=0.5):
     return np.linspace(lo, hi, nx)[None, :].repeat(ny, axis=0)
 
 
-def _forward(scene, domain, rho, wv, wv_nodes):
-    """TOA ×10000 (int16) of surface ``rho`` with the scene's (constant) atmosphere."""
+def _forward(scene, domain, rho, wv, wv_nodes, aod550=None):
+    """TOA ×10000 (int16) of surface ``rho`` with the scene's (constant) atmosphere (AOD: the
+    fallback spectrum, or ``aod550`` with the continental spectral shape)."""
     from l2ps.atmosphere.constants import band_optics
     from l2ps.atmosphere.gas import ozone_amount
     from l2ps.atmosphere.correct import _cell_lonlat
@@ -85,9 +86,9 @@ def _forward(scene, domain, rho, wv, wv_nodes):
     doy = scene.level1.acquired.timetuple().tm_yday
     lon, lat = _cell_lonlat(g.grid)
     spec = fallback_spectrum(None, doy, 0, 0)
+    aod = float(spec.tau(opt.wavelength)) / opt.tau_a_per_aod550 if aod550 is None else aod550
     brt = G.compute_band_rt(opt, g.sun_zenith, g.sun_azimuth, g.view_zenith, g.view_azimuth,
-                            np.array([0.0]), float(spec.tau(opt.wavelength)) / opt.tau_a_per_aod550,
-                            0.0, wv_nodes, ozone_amount(lon, lat, doy))
+                            np.array([0.0]), aod, 0.0, wv_nodes, ozone_amount(lon, lat, doy))
     k = int(np.argmin(np.abs(np.atleast_1d(wv_nodes) - wv)))
     toa = G.toa_from_boa(brt, rho, wv_index=k)
     return np.round(toa * 10000).astype(np.int16)
@@ -180,3 +181,22 @@ def test_adjacency_on_uniform_surface_equals_homogeneous(landsat_scene):
     for d in scene.spec.output_domains:
         assert np.abs(res.boa[d].astype(int) - 2500).max() <= 5, d
     assert res.stats["adjacency"] > 0
+
+
+VEGETATION = {"ULTRABLUE": 0.03, "BLUE": 0.03, "GREEN": 0.05, "RED": 0.03, "NIR": 0.35,
+              "CIRRUS": 0.01, "SWIR1": 0.15, "SWIR2": 0.04}
+
+
+def test_dark_vegetation_aod_is_retrieved(landsat_scene):
+    scene = landsat_scene
+    for d in scene.toa:
+        if d in VEGETATION:
+            scene.toa[d] = _forward(scene, d, np.full(scene.toa[d].shape, VEGETATION[d]), 2.0, 2.0,
+                                    aod550=0.3)
+    scene.qai[:] = 0
+    res = correct_atmosphere(scene, params(do_aod=True))
+    assert res.n_targets[1] > 0
+    assert res.aod550_scene == pytest.approx(0.3, abs=0.03)
+    assert (Q.get_field(scene.qai, Q.AEROSOL) < 3).all()
+    assert res.log_fragment.endswith(f"# of targets: 0/{res.n_targets[1]}. ")
+    assert np.median(res.boa["RED"]) == pytest.approx(300, abs=30)

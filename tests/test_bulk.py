@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shlex
 import signal
 import subprocess
 import time

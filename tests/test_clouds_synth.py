@@ -69,10 +69,62 @@ def scene_of(path, params):
 
 def read_truth(truth_dir) -> dict:
     out = {}
-    for name in ("cloud", "shadow", "snow", "water", "cover", "nodata"):
+    for name in ("cloud", "shadow", "snow", "water", "cover", "nodata", "dem", "sun_zenith",
+                 "sun_azimuth", "view_zenith", "view_azimuth"):
         with rasterio.open(Path(truth_dir) / f"{name}.tif") as ds:
             out[name] = ds.read(1)
     out["json"] = json.loads((Path(truth_dir) / "truth.json").read_text())
+    return out
+
+
+def observable_shadow(truth: dict) -> np.ndarray:
+    """Truth shadow pixels whose cause can be seen in the image (bool).
+
+    A shadow pixel q is shaded by the point g of a cloud where the ray from q toward the sun
+    meets the cloud's altitude H: g = q + (H − z(q))·tan θs·u_sun (synth's shadow model,
+    docs/synth.md). The shading cloud is the one (of truth.json's list) whose noise-free
+    footprint ellipse is nearest to g (smallest normalised radius). The sensor sees g at
+    p = g − (H − z)·tan θv·u_view. q counts as an observable shadow only if p is a valid
+    pixel of the image: shadows of clouds outside the image or in its nodata area cannot be
+    attributed to any cloud by an Fmask-type method and are not scored."""
+    ts = truth["shadow"].astype(bool)
+    doc = truth["json"]
+    clouds = doc["clouds"]
+    out = np.zeros(ts.shape, bool)
+    if not ts.any() or not clouds:
+        return out
+    g = doc["grid"]
+    north = float(doc.get("grid_north_deg", 0.0))
+    rows, cols = np.nonzero(ts)
+    x = g["x0"] + (cols + 0.5) * g["dx"]
+    y = g["y0"] - (rows + 0.5) * g["dy"]
+    z = truth["dem"][rows, cols].astype(np.float64)
+    tan_s = np.tan(np.radians(truth["sun_zenith"][rows, cols].astype(np.float64)))
+    a_s = np.radians(truth["sun_azimuth"][rows, cols].astype(np.float64) + north)
+    tan_v = np.tan(np.radians(truth["view_zenith"][rows, cols].astype(np.float64)))
+    a_v = np.radians(truth["view_azimuth"][rows, cols].astype(np.float64) + north)
+    best_r = np.full(rows.size, np.inf)
+    px = np.full(rows.size, np.nan)
+    py = np.full(rows.size, np.nan)
+    for c in clouds:
+        dh = np.maximum(c["height"] - z, 0.0)
+        gx = x + dh * tan_s * np.sin(a_s)
+        gy = y + dh * tan_s * np.cos(a_s)
+        ca, sa = np.cos(np.radians(c["angle"])), np.sin(np.radians(c["angle"]))
+        dx, dy = gx - c["x"], gy - c["y"]
+        u = (dx * ca + dy * sa) / c["radius"]
+        v = (-dx * sa + dy * ca) / (c["radius"] * c["elongation"])
+        r = np.hypot(u, v)
+        take = r < best_r
+        best_r[take] = r[take]
+        px[take] = (gx - dh * tan_v * np.sin(a_v))[take]
+        py[take] = (gy - dh * tan_v * np.cos(a_v))[take]
+    pc = np.floor((px - g["x0"]) / g["dx"])
+    pr = np.floor((g["y0"] - py) / g["dy"])
+    inside = (pc >= 0) & (pc < ts.shape[1]) & (pr >= 0) & (pr < ts.shape[0])
+    ok = np.zeros(rows.size, bool)
+    ok[inside] = truth["nodata"][pr[inside].astype(int), pc[inside].astype(int)] == 0
+    out[rows[ok], cols[ok]] = True
     return out
 
 
@@ -90,11 +142,15 @@ def score(qai: np.ndarray, truth: dict, params, res: float) -> dict:
     anycloud = tc > 0
     opaque = tc == 2
     shadow_t = ts & ~anycloud
+    # shadows whose cloud is outside the image or in its nodata area: not scored (neither
+    # shadow nor clear)
+    unseen = ts & ~observable_shadow(truth)
     margin = 2 * res
     d_cloud = _dist_m(anycloud, res)
     d_shadow = _dist_m(ts, res)
     core_opaque = opaque & (_dist_m(~opaque, res) > margin) & valid
-    core_shadow = shadow_t & (_dist_m(~shadow_t, res) > res) & (d_cloud > params.cloud_buffer + margin) & valid
+    core_shadow = (shadow_t & ~unseen & (_dist_m(~shadow_t, res) > res)
+                   & (d_cloud > params.cloud_buffer + margin) & valid)
     clear = (~anycloud & ~ts & (d_cloud > params.cloud_buffer + margin)
              & (d_shadow > params.shadow_buffer + margin) & valid)
     state = Q.get_field(qai, Q.CLOUD)
@@ -121,7 +177,8 @@ def score(qai: np.ndarray, truth: dict, params, res: float) -> dict:
         "thin_detected": float(np.mean(state[(tc == 1) & valid] > 0)) if ((tc == 1) & valid).any() else None,
         "cirrus_detected": float(np.mean(state[(tc == 3) & valid] > 0)) if ((tc == 3) & valid).any() else None,
         "n": {"clear": int(clear.sum()), "opaque_core": int(core_opaque.sum()),
-              "shadow_core": int(core_shadow.sum())},
+              "shadow_core": int(core_shadow.sum()),
+              "shadow_unseen_cloud": int((unseen & valid).sum())},
     }
     return out
 

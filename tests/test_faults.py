@@ -15,7 +15,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -69,13 +68,17 @@ def visible_files(cube: Path) -> list[Path]:
 
 def cube_pixels(cube: Path, name_filter: str = "") -> dict[str, np.ndarray]:
     """Relative path → pixel array of every visible raster (metadata not compared)."""
+    import warnings
+
     import rasterio
     out = {}
     for p in visible_files(cube):
         if p.suffix not in (".tif", ".jpg", ".dat") or name_filter not in p.name:
             continue
-        with rasterio.open(p) as ds:
-            out[str(p.relative_to(cube))] = ds.read()
+        with warnings.catch_warnings():      # the OVV JPEG has no georeference
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                out[str(p.relative_to(cube))] = ds.read()
     return out
 
 
@@ -414,6 +417,39 @@ def test_disk_full_fails_the_image_and_leaves_the_cube_intact(tmp_path, images):
     assert all("/.locks/" in f"/{k}" for k in new), new      # at most new empty lock files
     assert not temp_leftovers(ws.cube)
     assert not [d for d in ws.dirs["DIR_TEMP"].iterdir() if d.name.startswith("l2ps-")]
+
+
+def test_file_size_limit_is_a_real_write_error(tmp_path):
+    """A real I/O error from the OS (EFBIG: the job runs with RLIMIT_FSIZE = 10 kB, so
+    the larger TOA tiles cannot be written) goes through GDAL and becomes FAIL with a
+    reason naming the file; that file is unchanged and every visible file is readable."""
+    import re
+    import resource
+    from l2ps.synth import make_landsat
+    # folders (no extraction, which would hit the limit first), same content as LA and LB
+    a = Path(make_landsat(tmp_path / "a", sensor="LND08", size=(120, 120), seed=1).path)
+    b = Path(make_landsat(tmp_path / "b", sensor="LND08", size=(150, 150), collection=1,
+                          seed=2).path)
+    ws = new_workspace(tmp_path / "ws", [a, b])
+    assert run(ws, a) == [0]
+    before = file_hashes(ws.cube)
+    limit = 10_000
+
+    def limit_file_size():   # Python ignores SIGXFSZ: writes beyond the limit get EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    res = subprocess.run([str(BIN / "l2ps"), "level2", str(b), str(ws.prm)],
+                         preexec_fn=limit_file_size, capture_output=True, text=True,
+                         env=child_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert queue_status(ws.queue)[b.name] == "FAIL"
+    reason = record(ws, b)["reason"]
+    m = re.match(rf"^({re.escape(str(ws.cube))}/\S+): write failed", reason)
+    assert m, reason
+    named = str(Path(m.group(1)).relative_to(ws.cube))
+    assert file_hashes(ws.cube).get(named) == before.get(named)   # untouched
+    assert not temp_leftovers(ws.cube)
+    cube_pixels(ws.cube)                                     # every visible file readable
 
 
 def test_disk_full_in_the_middle_then_reprocessing_repairs(tmp_path, images, reference):

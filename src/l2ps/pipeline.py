@@ -167,6 +167,10 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         record["coreg"] = {"n_ties": cr.n_ties, "shift_x_m": round(cr.shift_x_m, 3),
                            "shift_y_m": round(cr.shift_y_m, 3), "rmse_px": round(cr.rmse_px, 4),
                            "base_image": str(cr.base_image), "model": cr.model}
+    if level1.mission == "sentinel2" and params.res_merge != "NONE":
+        with timer("resmerge"):
+            from .resmerge import resolution_merge
+            record["res_merge"] = resolution_merge(scene, params.res_merge, nthreads=nthreads)
     if params.file_aoi is not None:
         with timer("aoi"):
             from .cube import rasterize_aoi

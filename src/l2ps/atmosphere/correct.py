@@ -36,6 +36,7 @@ from . import grid as G
 from .adjacency import background_reflectance
 from .aerosol import fallback_spectrum
 from .constants import band_optics
+from .darktarget import retrieve_aod
 from .gas import ozone_amount, water_vapor_from_lut
 from .watervapor import retrieve_water_vapor, water_vapor_map
 
@@ -251,15 +252,20 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
 
     # aerosol: fallback spectrum (DO_AOD = TRUE falls back too until dark targets exist)
     spectrum = fallback_spectrum(getattr(params, "dir_aod", None), doy, clon, clat)
-    aod_note = "" if not params.do_aod else " (dark-target retrieval not implemented: fallback)"
+    aod_note = ""
 
     is_s2 = sensor.startswith("SEN2")
     domains = [d for d in scene.spec.output_domains if d in scene.toa]
     multi = bool(params.multi_scattering)
 
+    amap = None
+
     def band_rt(domain, wv):
         opt = band_optics(sensor, domain)
-        aod_eq = float(spectrum.tau(opt.wavelength)) / opt.tau_a_per_aod550
+        if amap is not None:
+            aod_eq = amap_cells
+        else:
+            aod_eq = float(spectrum.tau(opt.wavelength)) / opt.tau_a_per_aod550
         return G.compute_band_rt(opt, sz, sa, vz, va, levels, aod_eq, zmean, wv, ozone, multi)
 
     # water vapour
@@ -279,7 +285,17 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
                                    default=params.water_vapor, strict=params.strict_water_vapor)
         wv_scene, wv_source, wv_nodes = wvv.value, wvv.source, float(wvv.value)
     stats["water_vapor"] = time.perf_counter() - t1
-    stats["aod"] = 0.0
+
+    # aerosol: dark targets (DO_AOD), else the fallback spectrum
+    t1 = time.perf_counter()
+    if params.do_aod and all(scene.has(d) for d in ("BLUE", "GREEN", "RED", "NIR", "SWIR2")):
+        amap = retrieve_aod(scene, dem, levels, zmean, float(wv_scene), ozone, multi)
+        if amap is not None:
+            amap_cells = np.where(np.isfinite(amap.aod550), amap.aod550, np.nanmean(amap.aod550))
+            aod_note = f" (dark targets: {amap.n_vegetation} vegetation objects)"
+        else:
+            aod_note = " (no valid dark target: fallback)"
+    stats["aod"] = time.perf_counter() - t1
 
     # RT grid
     t1 = time.perf_counter()
@@ -334,35 +350,49 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
                 boa[d][r0:r0 + ROWS][offb] = NODATA
     stats["inversion"] = time.perf_counter() - t1 - stats["adjacency"]
 
-    # aerosol QAI (no AOD map: 3 = fill) and AOD product (green band at pixel elevation)
+    # aerosol QAI (§3.8: no AOD map → 3 fill; else high > 0.6 → 2, interpolated → 1, else 0)
+    # and AOD product (green band at the pixel's elevation, nearest cell)
     valid = (scene.qai & 1) == 0
-    Q.set_field(scene.qai, Q.AEROSOL, 3, valid)
     green = "GREEN" if "GREEN" in rts else domains[0]
     opt_g = band_optics(sensor, green)
-    tau_green = float(spectrum.tau(opt_g.wavelength))
+    if amap is None:
+        tau_green = float(spectrum.tau(opt_g.wavelength))
+        green_cells = np.full(sz.shape, tau_green)
+    else:
+        green_cells = amap_cells * opt_g.tau_a_per_aod550
+        tau_green = float(np.mean(green_cells[valid_cells]))
+    ci, cj = _cell_index(coarse, scene.grid)
     aod = np.empty(scene.grid.shape, np.int16)
     for r0 in range(0, scene.grid.ny, ROWS):
-        rows = np.arange(r0, min(scene.grid.ny, r0 + ROWS))
-        if dem is None:
-            blk = np.full((rows.size, scene.grid.nx), tau_green, np.float32)
+        r1 = min(scene.grid.ny, r0 + ROWS)
+        blk = green_cells[ci[r0:r1][:, None], cj[None, :]].astype(np.float32)
+        if dem is not None:
+            z = np.asarray(dem[r0:r1], np.float32) / 1000.0
+            blk = (blk * np.exp(-(np.where(np.isfinite(z), z, zmean) - zmean)
+                                / G.AEROSOL_SCALE_HEIGHT_KM)).astype(np.float32)
+        v = valid[r0:r1]
+        if amap is None:
+            field = np.full(blk.shape, 3, np.uint8)
         else:
-            z = np.asarray(dem[r0:r0 + ROWS], np.float32) / 1000.0
-            blk = (tau_green * np.exp(-(np.where(np.isfinite(z), z, zmean) - zmean)
-                                      / G.AEROSOL_SCALE_HEIGHT_KM)).astype(np.float32)
+            field = np.where(amap.measured[ci[r0:r1][:, None], cj[None, :]], 0, 1).astype(np.uint8)
+            field[blk > 0.6] = 2
+        Q.set_field(scene.qai[r0:r1], Q.AEROSOL, field, v)
         a = (blk * 1000.0).astype(np.int16)
-        a[~valid[r0:r0 + ROWS]] = NODATA
-        aod[r0:r0 + ROWS] = a
+        a[~v] = NODATA
+        aod[r0:r1] = a
     if wvp_map is None:
         wvp_map = np.where(valid, np.int16(min(32767, int(wv_scene * 1000.0))), np.int16(NODATA)).astype(np.int16)
     else:
         wvp_map[~valid] = NODATA
     stats["total"] = time.perf_counter() - t0
-    frag = f"AOD: {tau_green:.4f}. # of targets: 0/0. "
+    n_targets = (amap.n_water, amap.n_vegetation) if amap is not None else (0, 0)
+    frag = f"AOD: {tau_green:.4f}. # of targets: {n_targets[0]}/{n_targets[1]}. "
     stats["water_vapor_source"] = wv_source
     stats["aod_source"] = spectrum.source + aod_note
     stats["levels"] = int(levels.size)
-    return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=spectrum.aod550,
-                      water_vapor_scene=float(wv_scene), n_targets=(0, 0), log_fragment=frag,
+    aod550_scene = (float(np.mean(amap_cells[valid_cells])) if amap is not None else spectrum.aod550)
+    return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=aod550_scene,
+                      water_vapor_scene=float(wv_scene), n_targets=n_targets, log_fragment=frag,
                       stats=stats)
 
 
