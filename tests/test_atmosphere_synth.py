@@ -59,7 +59,7 @@ def test_synthetic_scene_accuracy(tmp_path, kind):
         & (_read(truth / "nodata.tif") == 0) & (_read(truth / "saturated.tif") == 0)
     from l2ps.scene import resample_nearest
     print(f"\n{kind}: {res.log_fragment} AOD550 scene {res.aod550_scene:.3f} (truth {aod}) "
-          f"{res.stats['aod_source']}")
+          f"{res.info['aod_source']}")
     assert abs(res.aod550_scene - aod) <= 0.05 + 0.15 * aod
     for d, boa in res.boa.items():
         name = d if kind == "landsat" else {"BLUE": "B02", "GREEN": "B03", "RED": "B04",

@@ -11,7 +11,7 @@ from l2ps.clouds import cloud_distance, erase_clouds
 from l2ps.clouds.finalize import GridMap, bin_centre_elevation_km, finalize
 from l2ps.clouds.morphology import (buffer_disk, disk_footprint, distance_transform,
                                     fill_depressions, label8, majority_fill,
-                                    remove_small_objects)
+                                    remove_small_objects, split_objects)
 from l2ps.clouds.stats import quantile_float, quantile_int16
 from l2ps.grid import Grid
 
@@ -154,6 +154,33 @@ def test_fill_depressions_matches_iterated_erosion():
     img = ndimage.gaussian_filter(rng.normal(0, 1, (60, 50)), 2)
     img = (img * 1000).astype(np.int16)
     assert (fill_depressions(img) == _brute_reconstruct(img)).all()
+
+
+def test_fill_depressions_full_int16_range_and_uint8():
+    rng = np.random.default_rng(4)
+    img = rng.integers(-32768, 32767, (40, 30), endpoint=True).astype(np.int16)
+    assert (fill_depressions(img) == _brute_reconstruct(img)).all()
+    small = rng.integers(0, 255, (25, 35)).astype(np.uint8)
+    assert (fill_depressions(small) == _brute_reconstruct(small)).all()
+
+
+def test_split_objects_at_a_neck():
+    """Two discs joined by a 3-pixel bridge become two objects; a single disc stays one."""
+    yy, xx = np.mgrid[0:40, 0:70]
+    a = (yy - 20) ** 2 + (xx - 15) ** 2 <= 100
+    b = (yy - 20) ** 2 + (xx - 52) ** 2 <= 144
+    bridge = (abs(yy - 20) <= 1) & (xx >= 15) & (xx <= 52)
+    m = a | b | bridge
+    lab, n = label8(m)
+    assert n == 1
+    out, k = split_objects(lab, n)
+    assert k == 2
+    assert ((out > 0) == m).all()
+    assert out[20, 15] != out[20, 52]
+    assert np.mean(out[a] == out[20, 15]) > 0.9 and np.mean(out[b] == out[20, 52]) > 0.9
+    lab1, n1 = label8(a)
+    out1, k1 = split_objects(lab1, n1)
+    assert k1 == 1 and ((out1 > 0) == a).all()
 
 
 # ----------------------------------------------------------------------------- labels

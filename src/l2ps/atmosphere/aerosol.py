@@ -1,8 +1,7 @@
 """Aerosol optical depth: fallback spectrum and DIR_AOD look-up files (spec 02 §3.1).
 
-The dark-target retrieval (spec 02 §3.3–§3.7) is not implemented yet (docs/atmosphere.md,
-"What remains"); with DO_AOD = TRUE the correction uses the fallback spectrum and flags the
-aerosol QAI field as "fill" (3), exactly as without an AOD map.
+The dark-target retrieval (DO_AOD = TRUE) is in darktarget.py; without valid targets the
+correction falls back to this spectrum and flags the aerosol QAI field as "fill" (3).
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ same AOD, water vapour, ozone and elevation) and the BOA error is ``boa − ρ``
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache

@@ -7,8 +7,9 @@
    no topography → flat 0 m),
 2. gets the water vapour: Landsat from DIR_WVPLUT / WATER_VAPOR (§2.3), Sentinel-2 per pixel
    from B8A/B09 (§2.4),
-3. gets the aerosol: the fallback spectrum of §3.1 (default or DIR_AOD file); the dark-target
-   retrieval of §3.3–3.7 is not implemented yet (aerosol QAI = 3 "fill"),
+3. gets the aerosol: DO_AOD → dark dense vegetation targets (darktarget.py, an AOD(550) map on
+   the coarse grid, aerosol QAI 0/1/2), else or without targets the fallback spectrum of §3.1
+   (default or DIR_AOD file; aerosol QAI = 3 "fill"),
    (ADJACENCY_EFFECT: background reflectance of §4 from a provisional homogeneous BOA),
 4. computes the RT terms per 5 km cell × elevation level × band (grid.py),
 5. inverts every output band block-wise on its native grid with a numba kernel
@@ -66,7 +67,8 @@ class AtmoResult:
     water_vapor_scene: float
     n_targets: tuple[int, int]
     log_fragment: str
-    stats: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)          # seconds per sub-stage
+    info: dict = field(default_factory=dict)           # sources of water vapour / AOD, levels
 
 
 # --------------------------------------------------------------------------------- kernels
@@ -292,7 +294,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
         amap = retrieve_aod(scene, dem, levels, zmean, float(wv_scene), ozone, multi)
         if amap is not None:
             amap_cells = np.where(np.isfinite(amap.aod550), amap.aod550, np.nanmean(amap.aod550))
-            aod_note = f" (dark targets: {amap.n_vegetation} vegetation objects)"
+            aod_note = f": {amap.n_vegetation} vegetation objects"
         else:
             aod_note = " (no valid dark target: fallback)"
     stats["aod"] = time.perf_counter() - t1
@@ -387,13 +389,13 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     stats["total"] = time.perf_counter() - t0
     n_targets = (amap.n_water, amap.n_vegetation) if amap is not None else (0, 0)
     frag = f"AOD: {tau_green:.4f}. # of targets: {n_targets[0]}/{n_targets[1]}. "
-    stats["water_vapor_source"] = wv_source
-    stats["aod_source"] = spectrum.source + aod_note
-    stats["levels"] = int(levels.size)
+    info = {"water_vapor_source": wv_source,
+            "aod_source": (spectrum.source if amap is None else "dark targets") + aod_note,
+            "elevation_levels": int(levels.size)}
     aod550_scene = (float(np.mean(amap_cells[valid_cells])) if amap is not None else spectrum.aod550)
     return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=aod550_scene,
                       water_vapor_scene=float(wv_scene), n_targets=n_targets, log_fragment=frag,
-                      stats=stats)
+                      stats=stats, info=info)
 
 
 def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_hook,

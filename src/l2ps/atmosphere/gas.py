@@ -8,7 +8,6 @@ two-way airmass m = 1/μs + 1/μv and target elevation (km), scaled for the ozon
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path

@@ -89,7 +89,7 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
                     view_zenith: np.ndarray, view_azimuth: np.ndarray, levels: np.ndarray,
                     aod550: np.ndarray | float, aod_elevation: float, wv: np.ndarray | float,
                     ozone: np.ndarray | float, multi_scattering: bool = True,
-                    nstreams: int = 8) -> BandRT:
+                    nstreams: int = 12) -> BandRT:
     """RT terms of one band for every coarse cell (angles in degrees, NaN = nodata cell) and
     elevation level (km).
 

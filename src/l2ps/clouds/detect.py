@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit, prange
+from scipy import ndimage
 
 from ..grid import Grid
 from ..scene import Scene, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
-from .morphology import buffer_disk, label8, remove_small_objects
+from .morphology import distance_transform, buffer_disk, label8, remove_small_objects, split_objects
 from .parallax import cloud_parallax, smoothed_broadnir
 from .probability import cloud_probability
 from .shadows import MIN_OBJECT, shadow_matching, shadow_probability
 
 FMASK_BANDS = ("BLUE", "GREEN", "RED", "NIR", "SWIR1", "SWIR2")
 MAX_CLOUD_HEIGHT = 12000.0      # m, for the shadow search distance (spec 01 §6.5)
+SPLIT_OBJECTS = True            # split touching objects at their necks (deviation)
 HEIGHT_STEP_SHIFT = 50.0        # m of shadow displacement per height step (spec 01 §6.6)
 
 
@@ -205,6 +207,60 @@ def _maxdist(geometry, res: float) -> float:
     return MAX_CLOUD_HEIGHT * math.tan(math.acos(c)) / res
 
 
+# ----------------------------------------------------------------------------- CDI growth
+CDI_GROW_M = 100.0              # m: reach of the growth of CDI clouds into PCP pixels
+CDI_GROW_MIN_M2 = 5.0e5         # m²: only CDI clouds at least this large grow
+
+
+def grow_clouds(cloud: np.ndarray, bits: np.ndarray, radius: int, min_px: int) -> int:
+    """In place (Sentinel-2, an l2ps addition to spec 01 §6.4): extend the CDI clouds into
+    the 8-connected bright, non-snow potential-cloud pixels that are at most ``radius``
+    pixels from CDI clouds of at least ``min_px`` pixels (CDI_GROW_MIN_M2; the few small
+    CDI seeds on bright textured ground do not grow). Parts of a cloud without parallax texture (a smooth side
+    of the cloud) stop the CDI region growing although they are as white as the rest.
+    Returns the number of pixels added."""
+    if radius <= 0 or not cloud.any():
+        return 0
+    labels, n = label8(cloud)
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    big = size >= min_px
+    big[0] = False
+    seeds = big[labels]
+    if not seeds.any():
+        return 0
+    near = distance_transform(seeds) <= radius
+    cand = (((bits & P.PCP) != 0) & ((bits & P.BRIGHT) != 0) & ((bits & P.SNOW) == 0)
+            & ((bits & P.OFF) == 0) & near)
+    grown = ndimage.binary_propagation(seeds, structure=np.ones((3, 3), bool), mask=cand | seeds)
+    added = int(np.count_nonzero(grown & ~cloud))
+    cloud |= grown
+    return added
+
+
+# ----------------------------------------------------------------------------- saturation
+SATURATED_SPECK_M2 = 1.0e5      # saturated cloud objects smaller than this (m²) are dropped
+
+
+def drop_saturated_specks(cloud: np.ndarray, bits: np.ndarray, res: float) -> int:
+    """In place: remove 8-connected cloud objects smaller than SATURATED_SPECK_M2 (10 ha)
+    of which at least half of the pixels are saturated (an l2ps addition to spec 01 §6.3
+    and §6.4, where every saturated pixel is cloud): bright sand, roofs and other saturating
+    targets are small; saturated clouds are large. Returns the number of objects removed."""
+    sat = (bits & P.SATURATED) != 0
+    if not (cloud & sat).any():
+        return 0
+    labels, n = label8(cloud)
+    if n == 0:
+        return 0
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    nsat = np.bincount(labels.ravel(), weights=sat.ravel(), minlength=n + 1)
+    drop = (size * res * res < SATURATED_SPECK_M2) & (2 * nsat >= size)
+    drop[0] = False
+    if drop.any():
+        cloud[drop[labels]] = False
+    return int(drop.sum())
+
+
 # ----------------------------------------------------------------------------- main
 def _pct(n: int, d: int) -> float:
     return 100.0 * n / d if d else 0.0
@@ -257,6 +313,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     shadow: np.ndarray | None = None      # None: every valid pixel is shadow
     forced = False
     lowtemp = hightemp = -1.0
+    cdi_cloud = None        # Sentinel-2: the CDI clouds before their growth
     t0 = time.perf_counter()
     if npix > 0 and 100.0 * counts["nclear"] / npix > 0.1:
         if is_s2:
@@ -270,6 +327,9 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
             cloud, st = cloud_parallax(bits, _band_on(scene, "REDEDGE3", work), bands["NIR"],
                                        gb8, vprob)
             del gb8
+            cdi_cloud = cloud.copy()
+            st["grown_px"] = grow_clouds(cloud, bits, radius_px(CDI_GROW_M, work.res),
+                                         int(CDI_GROW_MIN_M2 / work.res ** 2))
             stats["parallax"] = st
         else:
             if not has_temp:
@@ -282,6 +342,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
         del vprob
         valid_w = (bits & P.OFF) == 0
         cloud &= valid_w
+        stats["saturated_objects_dropped"] = drop_saturated_specks(cloud, bits, work.res)
         ncloud = int(np.count_nonzero(cloud))
         cc_cloud = _pct(ncloud, npix)
         stats.update({"ncloud": ncloud, "cc_cloud": round(cc_cloud, 4)})
@@ -290,7 +351,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
             if ncloud > 0:
                 t0 = time.perf_counter()
                 lnd = P.land_mask(bits)
-                spr, st = shadow_probability(bits, bands["NIR"], bands["SWIR1"], cloud, lnd,
+                spr, rel, st = shadow_probability(bits, bands["NIR"], bands["SWIR1"], cloud, lnd,
                                              _maxdist(scene.geometry, work.res))
                 del lnd
                 stats["shadow_probability"] = st
@@ -299,16 +360,28 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
                 labels, n = label8(cloud)
                 n_all = n
                 labels, n = remove_small_objects(cloud, labels, n, MIN_OBJECT)
-                stats["objects"] = {"all": n_all, "kept": n}
+                n_kept = n
+                if cdi_cloud is not None:
+                    # the shadows are matched with the CDI objects (the growth can join
+                    # clouds at different heights); the grown pixels still hide shadows
+                    labels, n = label8(cdi_cloud & cloud)
+                    labels, n = remove_small_objects(cdi_cloud, labels, n, MIN_OBJECT)
+                if SPLIT_OBJECTS:
+                    labels, n = split_objects(labels, n)
+                stats["objects"] = {"all": n_all, "kept": n_kept, "after_split": n}
                 crow, ccol = _cells(work, scene.geometry.grid)
                 fx, fy = _shift_factors(scene.geometry, work.res)
                 shadow, st = shadow_matching(
-                    cloud, labels, n, spr, bits, res=work.res, crow=crow, ccol=ccol, fx=fx, fy=fy,
+                    cloud, labels, n, spr, rel, bits, res=work.res, crow=crow, ccol=ccol, fx=fx, fy=fy,
                     base_step=_base_step(scene.geometry),
                     shadow_threshold=float(params.shadow_threshold),
                     temp=bands.get("TEMP") if has_temp else None, lowtemp=lowtemp,
                     hightemp=hightemp, slope_zero=None if slope_code is None else slope_code == 0)
-                del labels, spr
+                del spr, rel
+                per_object = st.pop("per_object", None)
+                scene.extra["cloud_objects"] = {"labels": labels, "work_grid": work,
+                                                **(per_object or {})}
+                del labels
                 stats["shadow_matching"] = st
                 timings["shadow_matching"] = round(time.perf_counter() - t0, 3)
             else:
