@@ -200,7 +200,7 @@ DIRECT_CASES = [
     ("SEN2B", "VAPOR", 27.0, 3.0, 40.0, 0.3, 1.7, 0.2, 0.3),
     ("LND05", "NIR", 42.0, 2.0, 20.0, 0.6, 2.8, 2.3, 0.3),
 ]
-DIRECT_TOL = 0.004
+DIRECT_TOL = 0.004      # measured max 0.0009 (docs/sixs-tables.md)
 
 
 @pytest.mark.sixs
