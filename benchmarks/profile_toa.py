@@ -297,6 +297,25 @@ def parameters(out: Path):
         return read_parameters(f, check_paths=False)
 
 
+_SUB: dict[str, list[float]] = {}
+
+
+def _timed(mod, name: str, label: str) -> None:
+    """Wrap ``mod.name`` to accumulate its wall and CPU seconds under ``label``."""
+    fn = getattr(mod, name)
+
+    def wrapper(*a, **k):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc = _SUB.setdefault(label, [0.0, 0.0, 0])
+            acc[0] += time.perf_counter() - t0
+            acc[1] += time.process_time() - c0
+            acc[2] += 1
+    setattr(mod, name, wrapper)
+
+
 def run(sensor: str, stop_after: str | None = None) -> dict:
     import numba
     numba.set_num_threads(NTHREAD)
@@ -305,6 +324,12 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
     from l2ps.clouds import detect_clouds
     from l2ps.cube import write_cube
     from l2ps.params import format_force_param
+    from l2ps.cube import formats as cube_formats
+    from l2ps.cube import write as cube_write
+    _timed(cube_write, "warp_products", "cube.warp")
+    _timed(cube_formats, "write_window", "cube.write_window")
+    _timed(cube_formats, "write_tile", "cube.write_tile")
+    _timed(cube_write, "_data_window", "cube.data_window")
     level1 = full_level1(sensor)
     out = ROOT / f"run-{sensor}"
     shutil.rmtree(out / "cube", ignore_errors=True)
@@ -342,6 +367,8 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
     res["total_seconds"] = round(time.perf_counter() - t_all, 2)
     res["total_cpu_seconds"] = round(time.process_time() - c_all, 2)
     res["stages"] = timer.stages
+    res["cube_substages"] = {k: {"seconds": round(v[0], 2), "cpu_seconds": round(v[1], 2),
+                                 "calls": v[2]} for k, v in _SUB.items()}
     ru = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = round(ru.ru_maxrss / 1024, 1)
     res["load_avg"] = os.getloadavg()

@@ -176,8 +176,25 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
             from .cube import rasterize_aoi
             inside = rasterize_aoi(params.file_aoi, grid)
             Q.set_flag(qai, Q.NODATA, ~inside)
+    atmo = None
+    if params.do_atmo:
+        with timer("atmosphere"):
+            from .atmosphere import correct_atmosphere
+            atmo = correct_atmosphere(scene, params, factor_hook=_factor_hook(scene, params))
+        for name, seconds in (atmo.stats or {}).items():
+            if isinstance(seconds, (int, float)):
+                timer.stages.setdefault(f"atmosphere.{name}", {"seconds": round(float(seconds), 3)})
+        fragments.append(atmo.log_fragment.strip())
+        record.update({"aod550": round(float(atmo.aod550_scene), 4),
+                       "water_vapor": round(float(atmo.water_vapor_scene), 3),
+                       "dark_targets": list(atmo.n_targets),
+                       "atmosphere": {k: v for k, v in (atmo.info or {}).items()
+                                      if isinstance(v, (str, int, float, bool))}})
     with timer("products"):
-        products = assemble_products(scene, params)
+        products = assemble_products(scene, params, reflectance=atmo.boa if atmo else None,
+                                     aod=atmo.aod if atmo else None,
+                                     wvp=atmo.wvp if atmo else None)
+    del atmo
     scene.toa.clear()
     with timer("cube"):
         from .cube import write_cube
@@ -202,8 +219,23 @@ def _upsample_mask(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
+def _factor_hook(scene: Scene, params: Parameters):
+    """The multiplicative factor of spec 02 §1.9 (ρBOA = A·brdf·ρ) per band and row block:
+    BRDF c-factor (DO_BRDF). The topographic factor A (DO_TOPO) needs the band's diffuse
+    ratio from the RT and is applied inside the atmospheric correction."""
+    if not params.do_brdf:
+        return None
+    from .brdf import brdf_factor
+
+    def hook(domain: str, rows: slice):
+        return brdf_factor(scene.geometry, domain, scene.grids.get(domain, scene.grid), rows)
+    return hook
+
+
 def assemble_products(scene: Scene, params: Parameters,
-                      reflectance: dict[str, np.ndarray] | None = None) -> list[Product]:
+                      reflectance: dict[str, np.ndarray] | None = None,
+                      aod: np.ndarray | None = None,
+                      wvp: np.ndarray | None = None) -> list[Product]:
     """Products in FORCE's order (spec 03 §1): QAI first, then BOA/TOA, DST, VZN, HOT,
     AOD, WVP (OVV is made by the cube writer from the merged BOA and QAI).
 
@@ -242,6 +274,14 @@ def assemble_products(scene: Scene, params: Parameters,
         v = np.where(nodata, TOA_NODATA, np.trunc(vzn * 100)).astype(np.int16)
         out.append(Product("VZN", [v], [grid], ("VZN",), TOA_NODATA, 100.0,
                            resampling=resampling, description="View zenith"))
+    if params.output_aod and aod is not None:
+        from .bandinfo import wavelength as _wl
+        out.append(Product("AOD", [aod], [grid], ("AOD",), TOA_NODATA, 1000.0,
+                           resampling=resampling, wavelengths=(_wl(spec.sensor, "GREEN"),),
+                           description="Aerosol optical depth"))
+    if params.output_wvp and wvp is not None:
+        out.append(Product("WVP", [wvp], [grid], ("WVP",), TOA_NODATA, 1000.0,
+                           resampling=resampling, description="Water vapor"))
     if params.output_hot:
         blue, red = toa["BLUE"], toa["RED"]
         if blue.shape == qai.shape and red.shape == qai.shape:

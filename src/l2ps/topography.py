@@ -58,17 +58,29 @@ class Topography:
     ``dem_max_km``, ``dem_mean_km``: statistics over the valid pixels (true min/max; the
     elevation bins of spec 02 §5 use max + 1 m, see ``elevation_bin``). ``coverage``: share
     of the image's valid pixels that had a DEM value. ``source``: the DEM file (None: flat).
+
+    Flat terrain (no DEM) allocates nothing of the grid's size: ``dem``, ``slope`` and
+    ``aspect`` are read-only broadcast zeros, and ``cos_i`` (= cos θs per pixel) is
+    computed from ``geometry`` on first access (row block by row block) and then kept.
     """
     grid: Grid
     dem: np.ndarray
     slope: np.ndarray
     aspect: np.ndarray
-    cos_i: np.ndarray
+    _cos_i: np.ndarray | None
     dem_min_km: float
     dem_max_km: float
     dem_mean_km: float
     source: Path | None = None
     coverage: float = 1.0
+    geometry: object | None = None      # for the lazy cos i of flat terrain
+
+    @property
+    def cos_i(self) -> np.ndarray:
+        """cos i per pixel (float32, ``grid.shape``); see the class docstring."""
+        if self._cos_i is None:
+            self._cos_i = _flat_cos_i(self.geometry, self.grid)
+        return self._cos_i
 
     @property
     def flat(self) -> bool:
@@ -227,6 +239,72 @@ def illumination(slope: np.ndarray, aspect: np.ndarray, off: np.ndarray, geometr
     return cos_i
 
 
+@njit(cache=True, parallel=True)
+def _flat_kernel(sun_z, qai, cos_i, store, set_bits, cos80, cos55):
+    """Flat terrain (slope 0): cos i = cos θs (same arithmetic as ``_illumination_kernel``
+    for a zero slope); stored if ``store``; QAI illumination bits for valid pixels if
+    ``set_bits``."""
+    nr, nc = sun_z.shape
+    for r in prange(nr):
+        for c in range(nc):
+            if math.isnan(sun_z[r, c]):
+                if store:
+                    cos_i[r, c] = np.nan
+                continue
+            ci = math.cos(math.radians(sun_z[r, c]))
+            if store:
+                cos_i[r, c] = ci
+            if not set_bits:
+                continue
+            q = qai[r, c]
+            if q & 1:
+                continue
+            if ci < 0.0:
+                ill = 3
+            elif ci < cos80:
+                ill = 2
+            elif ci < cos55:
+                ill = 1
+            else:
+                ill = 0
+            qai[r, c] = (q & ~(3 << 11)) | (ill << 11)
+
+
+def _flat_pass(geometry, grid: Grid, qai: np.ndarray | None, store: bool,
+               block_rows: int = _BLOCK_ROWS) -> np.ndarray | None:
+    """cos i = cos θs of flat terrain (float32 on ``grid`` if ``store``) and/or the QAI
+    illumination bits (if ``qai`` is given), row block by row block."""
+    cos_i = np.empty(grid.shape, np.float32) if store else np.zeros((1, 1), np.float32)
+    q = qai if qai is not None else np.zeros((1, 1), Q.QAI_DTYPE)
+    for r0 in range(0, grid.ny, block_rows):
+        rows = slice(r0, min(r0 + block_rows, grid.ny))
+        sz = geometry.sun_zenith_at(grid, rows)
+        _flat_kernel(sz, q[rows] if qai is not None else q,
+                     cos_i[rows] if store else cos_i, store, qai is not None, COS_80, COS_55)
+    assert Q.ILLUMINATION == 11
+    return cos_i if store else None
+
+
+def _flat_cos_i(geometry, grid: Grid) -> np.ndarray:
+    if geometry is None:
+        raise ValueError("flat Topography without geometry: cos i cannot be computed")
+    return _flat_pass(geometry, grid, None, True)
+
+
+def flat_topography(grid: Grid, geometry, qai: np.ndarray) -> Topography:
+    """Flat terrain at 0 m without a DEM (spec 01 §4.1): the QAI illumination bits from
+    cos θs per pixel (in place on ``qai``; no slope bit, no DEM nodata), statistics 0 km,
+    and no array of the grid's size (see :class:`Topography`). Same bits and values as
+    ``topography_from_dem`` on a DEM of zeros."""
+    if qai.shape != grid.shape:
+        raise ValueError(f"QAI {qai.shape} does not match the grid {grid.shape}")
+    n_valid = int(np.count_nonzero(Q.is_valid(qai)))
+    _flat_pass(geometry, grid, qai, False)
+    zero = np.broadcast_to(np.float32(0.0), grid.shape)
+    return Topography(grid, zero, zero, zero, None, 0.0, 0.0, 0.0, None,
+                      1.0 if n_valid else 0.0, geometry)
+
+
 # --------------------------------------------------------------------------- compile
 def topography_from_dem(dem: np.ndarray, grid: Grid, geometry, qai: np.ndarray,
                         source: Path | None = None) -> Topography:
@@ -267,7 +345,8 @@ def topography_from_dem(dem: np.ndarray, grid: Grid, geometry, qai: np.ndarray,
                              f"{DEM_MIN_KM * 1000:.0f} … {DEM_MAX_KM * 1000:.0f} (wrong unit or "
                              f"DEM_NODATA?)")
     dem = np.where(off, np.float32(np.nan), dem).astype(np.float32, copy=False)
-    return Topography(grid, dem, slope, aspect, cos_i, zmin, zmax, zmean, source, coverage)
+    return Topography(grid, dem, slope, aspect, cos_i, zmin, zmax, zmean, source, coverage,
+                      geometry)
 
 
 def compile_topography(scene, params) -> Topography:
@@ -280,6 +359,8 @@ def compile_topography(scene, params) -> Topography:
     in place. Without FILE_DEM the terrain is flat at 0 m (cos i = cos θs).
     """
     level1 = scene.level1
+    if params.file_dem is None and not bool(getattr(params, "use_dem_database", False)):
+        return flat_topography(scene.grid, scene.geometry, scene.qai)
     dem, path = load_dem(params, scene.grid, getattr(level1, "refsys_type", ""),
                          getattr(level1, "refsys_id", ""))
     return topography_from_dem(dem, scene.grid, scene.geometry, scene.qai, source=path)
