@@ -44,6 +44,8 @@ NTHREAD = 2
 LANDSAT_SHAPE = (7800, 7700)        # rows, columns at 30 m
 S2_N = 10980                        # 10 m pixels per side
 SEED = 7
+#: pass write_cube(consume=True) (the recommended pipeline call; env PROFILE_CONSUME=0: off)
+CONSUME = os.environ.get("PROFILE_CONSUME", "1") != "0"
 
 
 # ============================================================================ RSS sampler
@@ -339,7 +341,7 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t_all = time.perf_counter()
     c_all = time.process_time()
-    res: dict = {"sensor": sensor, "nthread": NTHREAD, "grid": {"nx": level1.grid.nx,
+    res: dict = {"sensor": sensor, "nthread": NTHREAD, "consume": CONSUME, "grid": {"nx": level1.grid.nx,
                  "ny": level1.grid.ny, "res": level1.grid.dx},
                  "rss_start_mb": round(sampler.rss() / 2**20, 1)}
     scene = pipeline.prepare_scene(level1, params, timer)
@@ -361,7 +363,8 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
                                date=level1.date_string, sensor=level1.sensor, params=params,
                                origin=str(level1.source), refsys_id=level1.refsys_id,
                                acquired=level1.acquired,
-                               param_log=format_force_param(params), num_threads=NTHREAD)
+                               param_log=format_force_param(params), num_threads=NTHREAD,
+                               **({"consume": True} if CONSUME else {}))
             res["tiles"] = r.n_tiles
             del products
     res["total_seconds"] = round(time.perf_counter() - t_all, 2)

@@ -278,11 +278,13 @@ def test_bulk_queue_of_200_images(tmp_path):
 
     # the real run on 2 cores
     res = ws.snakemake("--profile", str(REPO / "profiles" / "local"), "--cores", "2",
-                       timeout=3600)
+                       timeout=3600, check=False)
     out = res.stdout + res.stderr
     st = queue_status(ws.queue)
-    not_done = [p.name for p in good if st[p.name] != "DONE"]
-    assert not not_done, not_done
+    not_done = {p.name: st[p.name] for p in good if st[p.name] != "DONE"}
+    reasons = {n: json.loads(f.read_text()).get("reason", "")[:2000]
+               for n in not_done if (f := ws.log / f"{n}.json").exists()}
+    assert not not_done and res.returncode == 0, (not_done, reasons, out[-3000:])
     for p, reason in bad.items():
         assert st[p.name] == "FAIL", p.name
         rec = json.loads((ws.log / f"{p.name}.json").read_text())

@@ -54,7 +54,8 @@ def test_native_toa_cube_equals_truth(workspace, products):
     ws.write_queue([(p.path, "QUEUED") for p in products.values()])
     ws.write_parameters(DO_REPROJ="FALSE", DO_TILE="FALSE", DO_ATMO="FALSE", DO_TOPO="FALSE",
                         MAX_CLOUD_COVER_FRAME=100, MAX_CLOUD_COVER_TILE=100, RESAMPLING="NN",
-                        OUTPUT_FORMAT="GTiff", NTHREAD=1, IMPULSE_NOISE="FALSE")
+                        OUTPUT_FORMAT="GTiff", NTHREAD=1, IMPULSE_NOISE="FALSE",
+                        RES_MERGE="NONE")
     ws.snakemake("--cores", "2")
     statuses = dict(line.split() for line in ws.queue.read_text().splitlines())
     assert set(statuses.values()) == {"DONE"}, [json.loads(f.read_text()).get("reason")

@@ -14,8 +14,9 @@
 4. computes the RT terms per 5 km cell × elevation level × band (grid.py),
 5. inverts every output band block-wise on its native grid with a numba kernel
    (ρ = y/(T + s·y), y = (ρTOA − ρp,g)/Tg, gas-coupled path; optional multiplicative factor
-   hook for topography/BRDF: ρBOA = factor·ρ, §1.9), flags subzero/saturation, applies §8.1's
-   scaling and clipping.
+   hook for the BRDF c-factor: ρBOA = A·factor·ρ, §1.9), flags subzero/saturation, applies
+   §8.1's scaling and clipping; DO_TOPO multiplies the topographic factor A of §6 (C from
+   SWIR2 once per scene, spectrally propagated with the band's diffuse ratio from the RT).
 """
 from __future__ import annotations
 
@@ -72,41 +73,76 @@ class AtmoResult:
 
 
 # --------------------------------------------------------------------------------- kernels
+NT = 8          # scalar terms stacked for the kernel: pr, pa, T↓T↑, s, tg_ray, T↓, T↑, t↑dir
+NG = 2          # water-vapour dependent gas terms: tg_aer, tg
+
+
+@njit(cache=True)
+def _level_weight(zz, levels):
+    """Lower level index and weight of the upper one for elevation ``zz`` (km); levels are
+    equally spaced; constant beyond the ends."""
+    nlev = levels.size
+    if nlev < 2:
+        return 0, 0.0
+    if zz <= levels[0]:
+        return 0, 0.0
+    if zz >= levels[nlev - 1]:
+        return nlev - 2, 1.0
+    k0 = min(int((zz - levels[0]) / (levels[1] - levels[0])), nlev - 2)
+    return k0, (zz - levels[k0]) / (levels[k0 + 1] - levels[k0])
+
+
+@njit(cache=True)
+def _row_terms(terms, gas, valid, ia, ib, w1, rowt, rowg, roww):
+    """Pre-interpolation of one image row: the two coarse-cell rows ``ia``/``ib`` blended
+    with weight ``w1`` (invalid cells skipped; ``roww`` = sum of the weights used)."""
+    ncx = terms.shape[1]
+    rowt[:] = 0.0
+    rowg[:] = 0.0
+    roww[:] = 0.0
+    for jj in range(ncx):
+        for m in range(2):
+            ii = ia if m == 0 else ib
+            w = (1.0 - w1) if m == 0 else w1
+            if w <= 0.0 or not valid[ii, jj]:
+                continue
+            roww[jj] += w
+            rowt[jj] += w * terms[ii, jj]
+            rowg[jj] += w * gas[ii, jj]
+
+
 @njit(cache=True, parallel=True)
-def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels, wv_nodes,
-                   pr, pa, tt, s, tgr, tga, tg, ts, tv, tdv, rho_b, factor, out, flags):
-    """Per pixel: bilinear in the coarse cells (NaN cells skipped), linear in elevation levels
-    and water-vapour nodes; homogeneous inversion with the gas-coupled path, or with a
-    background reflectance ``rho_b`` (int16 ×10000, empty = homogeneous; spec 02 §1.9, §4);
-    factor; §8.1 scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata)."""
-    ncy, ncx, nlev = pr.shape
+def _invert_kernel(toa, off, erase, z, wv, i0, wi, j0, wj, levels, wv_nodes, terms, gas, valid,
+                   rho_b, factor, out, flags):
+    """Per pixel: bilinear in the coarse cells (invalid cells skipped), linear in elevation
+    levels and water-vapour nodes; homogeneous inversion with the gas-coupled path, or with
+    a background reflectance ``rho_b`` (int16 ×10000, empty = homogeneous; spec 02 §1.9, §4);
+    factor; §8.1 scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata).
+
+    ``terms`` (ncy, ncx, nlev, NT) and ``gas`` (ncy, ncx, nlev, nw, NG) are first blended
+    between the two cell rows of each image row (row-wise pre-interpolation), so a pixel
+    only combines 2 cells × 2 levels."""
+    ncy, ncx, nlev, nt = terms.shape
     nw = wv_nodes.size
     nr, nc = toa.shape
     for r in prange(nr):
         ia = min(max(i0[r], 0), ncy - 1)
         ib = min(max(i0[r] + 1, 0), ncy - 1)
-        w1 = wi[r]
+        rowt = np.empty((ncx, nlev, nt), np.float32)
+        rowg = np.empty((ncx, nlev, nw, NG), np.float32)
+        roww = np.empty(ncx, np.float32)
+        _row_terms(terms, gas, valid, ia, ib, wi[r], rowt, rowg, roww)
         for c in range(nc):
             flags[r, c] = 0
             v = toa[r, c]
             if off[r, c] or v == -9999:
                 out[r, c] = -9999
                 continue
-            # elevation level
             k0 = 0
             fk = 0.0
-            if z.size > 0 and nlev > 1:
-                zz = z[r, c]
-                if zz <= levels[0]:
-                    k0 = 0
-                elif zz >= levels[nlev - 1]:
-                    k0 = nlev - 2
-                    fk = 1.0
-                else:
-                    k0 = min(int((zz - levels[0]) / (levels[1] - levels[0])), nlev - 2)
-                    fk = (zz - levels[k0]) / (levels[k0 + 1] - levels[k0])
+            if z.size > 0:
+                k0, fk = _level_weight(z[r, c], levels)
             k1 = min(k0 + 1, nlev - 1)
-            # water vapour node
             q0 = 0
             fq = 0.0
             if wv.size > 0 and nw > 1:
@@ -121,51 +157,41 @@ def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels,
             ja = min(max(j0[c], 0), ncx - 1)
             jb = min(max(j0[c] + 1, 0), ncx - 1)
             u1 = wj[c]
-            a_pr = 0.0
-            a_pa = 0.0
-            a_tt = 0.0
-            a_s = 0.0
-            a_tgr = 0.0
-            a_tga = 0.0
-            a_tg = 0.0
-            a_ts = 0.0
-            a_tv = 0.0
-            a_tdv = 0.0
-            wsum = 0.0
-            for m in range(4):
-                ii = ia if m < 2 else ib
-                jj = ja if (m % 2) == 0 else jb
-                wc = ((1.0 - w1) if m < 2 else w1) * ((1.0 - u1) if (m % 2) == 0 else u1)
-                if wc <= 0.0 or math.isnan(tt[ii, jj, k0]):
-                    continue
-                for kk in range(2):
-                    k = k0 if kk == 0 else k1
-                    wk = wc * ((1.0 - fk) if kk == 0 else fk)
-                    if wk <= 0.0:
-                        continue
-                    a_pr += wk * pr[ii, jj, k]
-                    a_pa += wk * pa[ii, jj, k]
-                    a_tt += wk * tt[ii, jj, k]
-                    a_s += wk * s[ii, jj, k]
-                    a_tgr += wk * tgr[ii, jj, k]
-                    a_tga += wk * ((1.0 - fq) * tga[ii, jj, k, q0] + fq * tga[ii, jj, k, q1])
-                    a_tg += wk * ((1.0 - fq) * tg[ii, jj, k, q0] + fq * tg[ii, jj, k, q1])
-                    a_ts += wk * ts[ii, jj, k]
-                    a_tv += wk * tv[ii, jj, k]
-                    a_tdv += wk * tdv[ii, jj, k]
-                    wsum += wk
+            wa = (1.0 - u1) * roww[ja]
+            wb = u1 * roww[jb]
+            wsum = wa + wb
             if wsum <= 0.0:
-                # own cell invalid: nodata
-                out[r, c] = -9999
+                out[r, c] = -9999          # no valid cell around the pixel: nodata
                 flags[r, c] = 4
                 continue
-            y = (v / 10000.0 - (a_tgr * a_pr + a_tga * a_pa) / wsum) / (a_tg / wsum)
+            ca = (1.0 - u1) / wsum
+            cb = u1 / wsum
+            w00 = ca * (1.0 - fk)
+            w01 = ca * fk
+            w10 = cb * (1.0 - fk)
+            w11 = cb * fk
+            a_pr = w00 * rowt[ja, k0, 0] + w01 * rowt[ja, k1, 0] + w10 * rowt[jb, k0, 0] + w11 * rowt[jb, k1, 0]
+            a_pa = w00 * rowt[ja, k0, 1] + w01 * rowt[ja, k1, 1] + w10 * rowt[jb, k0, 1] + w11 * rowt[jb, k1, 1]
+            a_tt = w00 * rowt[ja, k0, 2] + w01 * rowt[ja, k1, 2] + w10 * rowt[jb, k0, 2] + w11 * rowt[jb, k1, 2]
+            a_s = w00 * rowt[ja, k0, 3] + w01 * rowt[ja, k1, 3] + w10 * rowt[jb, k0, 3] + w11 * rowt[jb, k1, 3]
+            a_tgr = w00 * rowt[ja, k0, 4] + w01 * rowt[ja, k1, 4] + w10 * rowt[jb, k0, 4] + w11 * rowt[jb, k1, 4]
+            g_a = 0.0
+            g_t = 0.0
+            for m in range(4):
+                jj = ja if m < 2 else jb
+                k = k0 if (m % 2) == 0 else k1
+                wm = (w00 if m == 0 else (w01 if m == 1 else (w10 if m == 2 else w11)))
+                g_a += wm * ((1.0 - fq) * rowg[jj, k, q0, 0] + fq * rowg[jj, k, q1, 0])
+                g_t += wm * ((1.0 - fq) * rowg[jj, k, q0, 1] + fq * rowg[jj, k, q1, 1])
+            y = (v / 10000.0 - (a_tgr * a_pr + g_a * a_pa)) / g_t
             if rho_b.size > 0 and rho_b[r, c] != -9999:
                 rb = rho_b[r, c] / 10000.0
-                tdv_ = a_tdv / wsum
-                rho = (y * (1.0 - a_s / wsum * rb) / (a_ts / wsum) - (a_tv / wsum - tdv_) * rb) / tdv_
+                a_ts = w00 * rowt[ja, k0, 5] + w01 * rowt[ja, k1, 5] + w10 * rowt[jb, k0, 5] + w11 * rowt[jb, k1, 5]
+                a_tv = w00 * rowt[ja, k0, 6] + w01 * rowt[ja, k1, 6] + w10 * rowt[jb, k0, 6] + w11 * rowt[jb, k1, 6]
+                tdv_ = w00 * rowt[ja, k0, 7] + w01 * rowt[ja, k1, 7] + w10 * rowt[jb, k0, 7] + w11 * rowt[jb, k1, 7]
+                rho = (y * (1.0 - a_s * rb) / a_ts - (a_tv - tdv_) * rb) / tdv_
             else:
-                rho = y / (a_tt / wsum + a_s / wsum * y)
+                rho = y / (a_tt + a_s * y)
             if factor.size > 0:
                 rho = rho * factor[r, c]
             f = 0
@@ -183,6 +209,39 @@ def _invert_kernel(toa, off, erase, z, wv, own_i, i0, wi, own_j, j0, wj, levels,
             else:
                 out[r, c] = np.int16(rho * 10000.0)     # truncation toward zero (spec 02 §8.1)
             flags[r, c] = f
+
+
+@njit(cache=True, parallel=True)
+def _interp_fields_kernel(fields, valid, z, levels, i0, wi, j0, wj, out):
+    """Per pixel value of cell × level fields (ncy, ncx, nlev, nf): bilinear in the cells
+    (invalid skipped; NaN where none is valid), linear in elevation → out (nr, nc, nf)."""
+    ncy, ncx, nlev, nf = fields.shape
+    nr, nc = out.shape[0], out.shape[1]
+    for r in prange(nr):
+        ia = min(max(i0[r], 0), ncy - 1)
+        ib = min(max(i0[r] + 1, 0), ncy - 1)
+        for c in range(nc):
+            k0 = 0
+            fk = 0.0
+            if z.size > 0:
+                k0, fk = _level_weight(z[r, c], levels)
+            k1 = min(k0 + 1, nlev - 1)
+            ja = min(max(j0[c], 0), ncx - 1)
+            jb = min(max(j0[c] + 1, 0), ncx - 1)
+            for t in range(nf):
+                out[r, c, t] = 0.0
+            wsum = 0.0
+            for m in range(4):
+                ii = ia if m < 2 else ib
+                jj = ja if (m % 2) == 0 else jb
+                wc = ((1.0 - wi[r]) if m < 2 else wi[r]) * ((1.0 - wj[c]) if (m % 2) == 0 else wj[c])
+                if wc <= 0.0 or not valid[ii, jj]:
+                    continue
+                wsum += wc
+                for t in range(nf):
+                    out[r, c, t] += wc * ((1.0 - fk) * fields[ii, jj, k0, t] + fk * fields[ii, jj, k1, t])
+            for t in range(nf):
+                out[r, c, t] = out[r, c, t] / wsum if wsum > 0.0 else np.nan
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -305,6 +364,15 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     stats["radiative_transfer"] = time.perf_counter() - t1
     stats["adjacency"] = 0.0
 
+    # topographic correction (DO_TOPO): C per pixel from SWIR2, A per band and row block
+    hook = factor_hook
+    if getattr(params, "do_topo", False):
+        t1 = time.perf_counter()
+        hook, topo_info = _topographic_hook(scene, rts, dem, levels, zmean, coarse, factor_hook)
+        stats["topography"] = time.perf_counter() - t1
+    else:
+        topo_info = None
+
     # inversion, block-wise on each band's native grid
     t1 = time.perf_counter()
     boa: dict[str, np.ndarray] = {}
@@ -330,7 +398,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
             del rho0, qb
             stats["adjacency"] += time.perf_counter() - ta
         out, flags = _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse,
-                                  factor_hook, erase_clouds, rho_b)
+                                  hook, erase_clouds, rho_b)
         del rho_b
         boa[d] = out
         # flags back to the processing grid (nearest: the band pixel under each centre)
@@ -391,11 +459,31 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     frag = f"AOD: {tau_green:.4f}. # of targets: {n_targets[0]}/{n_targets[1]}. "
     info = {"water_vapor_source": wv_source,
             "aod_source": (spectrum.source if amap is None else "dark targets") + aod_note,
-            "elevation_levels": int(levels.size)}
+            "elevation_levels": int(levels.size),
+            "diffuse_ratio": {d: round(float(np.nanmean(_diffuse_ratio(b)[..., int(np.argmin(
+                np.abs(levels - zmean)))])), 4) for d, b in rts.items()}}
+    if topo_info is not None:
+        info["topography"] = topo_info
     aod550_scene = (float(np.mean(amap_cells[valid_cells])) if amap is not None else spectrum.aod550)
     return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=aod550_scene,
                       water_vapor_scene=float(wv_scene), n_targets=n_targets, log_fragment=frag,
                       stats=stats, info=info)
+
+
+def _stack_terms(brt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's (ncy, ncx, nlev, NT) scalar terms, (ncy, ncx, nlev, nw, NG) gas terms and
+    the valid-cell mask of a band's RT grid."""
+    tt = brt.t_sun * brt.t_view
+    terms = np.ascontiguousarray(np.stack(
+        [brt.path_r, brt.path_a, tt, brt.s, brt.tg_ray, brt.t_sun, brt.t_view, brt.tdir_view],
+        axis=-1), dtype=np.float32)
+    tga = brt.tg_aer if brt.tg_aer.ndim == 4 else brt.tg_aer[..., None]
+    tg = brt.tg if brt.tg.ndim == 4 else brt.tg[..., None]
+    gas = np.ascontiguousarray(np.stack([tga, tg], axis=-1), dtype=np.float32)
+    valid = np.isfinite(tt[..., 0]) & np.isfinite(gas[..., 0, 0, 1])
+    terms[~valid] = 0.0
+    gas[~valid] = 0.0
+    return terms, gas, valid
 
 
 def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_hook,
@@ -404,7 +492,8 @@ def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_
     toa = scene.toa[d]
     out = np.empty(toa.shape, np.int16)
     flags = np.empty(toa.shape, np.uint8)
-    tt = (brt.t_sun * brt.t_view).astype(np.float32)
+    terms, gas, valid = _stack_terms(brt)
+    wv_nodes = np.atleast_1d(np.asarray(brt.wv, np.float64))
     for r0 in range(0, g.ny, ROWS):
         r1 = min(g.ny, r0 + ROWS)
         qb = scene.qai[rq[r0:r1][:, None], cq[None, :]]
@@ -416,12 +505,114 @@ def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_
         fac = factor_hook(d, slice(r0, r1)) if factor_hook is not None else None
         fac = np.zeros((0, 0), np.float32) if fac is None else np.asarray(fac, np.float32)
         rb = rho_b[r0:r1] if rho_b.size else rho_b
-        own_i, i0, wi, own_j, j0, wj = _weights(coarse, g, r0, r1)
-        _invert_kernel(toa[r0:r1], off, erase, zb, wb, own_i, i0, wi, own_j, j0, wj,
-                       levels, np.atleast_1d(brt.wv), brt.path_r, brt.path_a, tt, brt.s,
-                       brt.tg_ray, brt.tg_aer, brt.tg, brt.t_sun, brt.t_view, brt.tdir_view,
-                       rb, fac, out[r0:r1], flags[r0:r1])
+        _, i0, wi, _, j0, wj = _weights(coarse, g, r0, r1)
+        _invert_kernel(toa[r0:r1], off, erase, zb, wb, i0, wi, j0, wj, levels, wv_nodes,
+                       terms, gas, valid, rb, fac, out[r0:r1], flags[r0:r1])
     return out, flags
+
+
+def _diffuse_ratio(brt) -> np.ndarray:
+    """f = tss/tsd (diffuse/direct downward transmittance on a horizontal surface) per cell ×
+    level (float32, NaN on invalid cells), spec 02 §6.2."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((brt.t_sun - brt.tdir_sun) / brt.tdir_sun).astype(np.float32)
+
+
+def _topographic_hook(scene, rts, dem, levels, zmean, coarse, factor_hook):
+    """DO_TOPO (spec 02 §6): the empirical C factor once per scene from TOA SWIR2
+    (``topography.estimate_c_factor``), then a factor hook returning A·brdf per band and row
+    block, A = ``topography.topographic_factor`` with the per-pixel μs and the band's C
+    C_b = C + h0·μs·(f_b − f_SWIR2) (f = tss/tsd per pixel from the RT grid, elevation-
+    dependent): the Lambertian C of the band plus the SWIR2 excess over its Lambertian C.
+
+    Returns ``factor_hook`` unchanged when the scene has no terrain (flat, no DEM)."""
+    from ..topography import estimate_c_factor, topographic_factor
+    topo = scene.topography
+    if topo is None or getattr(topo, "flat", False) or "SWIR2" not in rts or not scene.has("SWIR1"):
+        log.warning("DO_TOPO: no DEM / SWIR bands: topographic correction skipped")
+        return factor_hook, {"skipped": "no DEM or no SWIR1/SWIR2"}
+    sw2 = rts["SWIR2"]
+    f_sw2 = _diffuse_ratio(sw2)
+    lev0 = int(np.argmin(np.abs(levels - zmean)))
+    ok = np.isfinite(f_sw2[..., lev0])
+    # scene values for the C regression (it runs over 3 km neighbourhoods; C is re-scaled per
+    # pixel with f_b/f_SWIR2 and h0 when applied)
+    tga = sw2.tg_aer[..., lev0, 0] if sw2.tg_aer.ndim == 4 else sw2.tg_aer[..., lev0]
+    rho_p = float(np.mean((sw2.tg_ray[..., lev0] * sw2.path_r[..., lev0]
+                           + tga * sw2.path_a[..., lev0])[ok]))
+    mu_scene = float(np.mean(np.cos(np.radians(np.asarray(scene.geometry.sun_zenith, float)))[ok]))
+    toa2 = scene.band("SWIR2")
+    # the environment's contribution T↓·t↑dif·ρenv does not depend on cos i: it belongs to the
+    # intercept floor with ρp, else it is read as diffuse sky light and C comes out too large
+    # (in SWIR2 it is as large as the diffuse term); ρenv ≈ the scene's mean reflectance
+    sub = (slice(None, None, 4), slice(None, None, 4))
+    q4 = scene.qai[sub]
+    t4 = toa2[sub]
+    good = ((q4 & 1) == 0) & (Q.get_field(q4, Q.CLOUD) == 0) & (t4 != NODATA)
+    if good.any():
+        t_up = float(np.mean(sw2.t_view[..., lev0][ok]))
+        t_dir = float(np.mean(sw2.tdir_view[..., lev0][ok]))
+        mean_toa = float(np.mean(t4[good], dtype=np.float64)) / 10000.0
+        rho_p += max(mean_toa - rho_p, 0.0) * (t_up - t_dir) / t_up
+    c_factor = estimate_c_factor(topo, toa2, scene.qai, rho_p,
+                                 float(np.mean(f_sw2[..., lev0][ok])), mu_scene,
+                                 toa_swir1=scene.band("SWIR1"))
+    del toa2
+    f_scene = float(np.mean(f_sw2[..., lev0][ok]))
+    h0 = (math.pi + 2.0 * math.acos(mu_scene)) / (2.0 * math.pi)
+    sloped = (topo.slope[sub] > 0.035) & good
+    c_med = float(np.median(c_factor[sub][sloped])) if sloped.any() else float("nan")
+    summary = {"c_theo_swir2": round(h0 * f_scene * mu_scene, 5), "c_median_sloped": round(c_med, 5),
+               "f_swir2": round(f_scene, 5), "intercept_floor": round(rho_p, 5)}
+    ratios = {d: _diffuse_ratio(b) for d, b in rts.items()}
+    pgrid = scene.grid
+    index: dict = {}
+    stacked: dict = {}
+
+    def hook(domain: str, rows: slice):
+        g = scene.grids.get(domain, pgrid)
+        r0, r1, _ = rows.indices(g.ny)
+        if g == pgrid:
+            p0, p1, sub = r0, r1, None
+        else:
+            if domain not in index:
+                index[domain] = nearest_index(pgrid, g)
+            rq, cq = index[domain]
+            p0, p1 = int(rq[r0:r1].min()), int(rq[r0:r1].max()) + 1
+            sub = (rq[r0:r1] - p0, cq)
+        prow = slice(p0, p1)
+        if domain not in stacked:
+            fields = np.ascontiguousarray(np.stack([ratios[domain], f_sw2], axis=-1))
+            valid = np.isfinite(fields[..., 0, 0]) & np.isfinite(fields[..., 0, 1])
+            fields[~valid] = 0.0
+            stacked[domain] = (fields, valid)
+        fields, valid = stacked[domain]
+        zb = _z_block(dem, np.arange(p0, p1), np.arange(pgrid.nx))
+        _, i0, wi, _, j0, wj = _weights(coarse, pgrid, p0, p1)
+        fpx = np.empty((p1 - p0, pgrid.nx, 2), np.float32)
+        _interp_fields_kernel(fields, valid, zb, levels, i0, wi, j0, wj, fpx)
+        mu = scene.geometry.cos_sun_zenith(pgrid, prow)
+        # C of the band: C_b = C + C_theo,b − C_theo,SWIR2 = C + h0·μs·(f_b − f_SWIR2): the
+        # Lambertian (theoretical) C of the band plus the empirical excess of SWIR2, taken as
+        # spectrally flat (docs/atmosphere.md); passed to topographic_factor (which uses
+        # C·f_band/f_swir2) as the ratio C_b/C
+        c_rows = c_factor[prow]
+        h0 = (np.float32(math.pi) + np.float32(2.0) * np.arccos(np.clip(mu, -1.0, 1.0))) \
+            / np.float32(2.0 * math.pi)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(c_rows > 0, (c_rows + h0 * mu * (fpx[..., 0] - fpx[..., 1])) / c_rows,
+                             np.float32(1.0)).astype(np.float32)
+        a = topographic_factor(topo, c_factor, domain, mu, ratio, np.float32(1.0), prow)
+        a = np.where(np.isfinite(a), a, np.float32(1.0)).astype(np.float32)
+        if sub is not None:
+            a = a[sub[0][:, None], sub[1][None, :]]
+        if factor_hook is not None:
+            b = factor_hook(domain, rows)
+            if b is not None:
+                a = a * np.asarray(b, np.float32)
+        return a
+
+    return hook, summary
 
 
 def _z_block(dem, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -52,7 +52,8 @@ class BandRT:
 
     path_r / path_a: gas-free Rayleigh / aerosol parts of the path reflectance;
     t_sun, t_view: total (direct + diffuse) scattering transmittances; tdir_view: direct
-    upward; s: spherical albedo; tg: two-way gas transmittance at ``wv`` (nw nodes);
+    upward; tdir_sun: direct downward (t_sun − tdir_sun is the diffuse part, spec 02 §6);
+    s: spherical albedo; tg: two-way gas transmittance at ``wv`` (nw nodes);
     tg_aer: gas transmittance with half the water vapour (couples the aerosol path);
     tg_ray: without water vapour (couples the Rayleigh path); tau_a: aerosol optical depth.
     """
@@ -64,6 +65,7 @@ class BandRT:
     t_sun: np.ndarray
     t_view: np.ndarray
     tdir_view: np.ndarray
+    tdir_sun: np.ndarray
     s: np.ndarray
     tau_a: np.ndarray
     tau_r: np.ndarray
@@ -196,6 +198,7 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
         path_r = ss_r0
         path_a = ss_r + ss_a - ss_r0
     tdir_view = np.exp(-(tau_r + tau_a) / v3)
+    tdir_sun = np.exp(-(tau_r + tau_a) / m3)
 
     airmass = 1.0 / mus + 1.0 / muv
     wv_nodes = np.atleast_1d(np.asarray(wv, dtype=np.float64))
@@ -212,11 +215,12 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
     nan = ~valid
     out = BandRT(domain=optics.domain, levels=levels, wv=wv_nodes,
                  path_r=f32(path_r), path_a=f32(path_a), t_sun=f32(t_sun), t_view=f32(t_view),
-                 tdir_view=f32(tdir_view), s=f32(s), tau_a=f32(tau_a),
+                 tdir_view=f32(tdir_view), tdir_sun=f32(tdir_sun), s=f32(s), tau_a=f32(tau_a),
                  tau_r=f32(np.broadcast_to(tau_r, shape + (nlev,))),
                  tg=np.asarray(tg, np.float32), tg_aer=np.asarray(tg_aer, np.float32),
                  tg_ray=f32(tg_ray))
-    for a in (out.path_r, out.path_a, out.t_sun, out.t_view, out.tdir_view, out.s, out.tau_a,
+    for a in (out.path_r, out.path_a, out.t_sun, out.t_view, out.tdir_view, out.tdir_sun, out.s,
+              out.tau_a,
               out.tg, out.tg_aer, out.tg_ray):
         a[nan] = np.nan
     return out

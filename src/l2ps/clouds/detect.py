@@ -16,7 +16,7 @@ from numba import njit, prange
 from scipy import ndimage
 
 from ..grid import Grid
-from ..scene import Scene, resample_nearest
+from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
 from .morphology import distance_transform, buffer_disk, label8, remove_small_objects, split_objects
@@ -149,19 +149,38 @@ def _work_bits(qai: np.ndarray, qgrid: Grid, work: Grid) -> np.ndarray:
     return out
 
 
+@njit(cache=True, parallel=True)
+def _slope_code(slope, rows, cols, identity, out):
+    """trunc(slope·10000) (float32 arithmetic, NaN → 0) of the nearest ``slope`` pixel."""
+    ny, nx = out.shape
+    for i in prange(ny):
+        r = i if identity else rows[i]
+        for j in range(nx):
+            v = slope[r, j if identity else cols[j]]
+            if math.isnan(v):
+                out[i, j] = 0
+            else:
+                out[i, j] = np.int16(math.trunc(np.float32(v) * np.float32(10000.0)))
+
+
 def _topography(scene: Scene, work: Grid) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(slope code trunc(rad·10000) as int32, DEM in m as float32) on the work grid, or
-    None each when the scene has no topography (flat at 0 m)."""
+    """(slope code trunc(rad·10000) as int16, DEM in m as float32) on the work grid, or
+    None each when the scene has no topography or flat terrain (0 m, slope 0: every test
+    then takes its flat branch, the same as with zero arrays)."""
     topo = scene.topography
-    if topo is None:
+    if topo is None or getattr(topo, "flat", False):
         return None, None
     slope = getattr(topo, "slope", None)
     dem = getattr(topo, "dem", None)
     code = None
     if slope is not None:
-        s = resample_nearest(np.asarray(slope), scene.grid, work)
-        code = np.trunc(np.nan_to_num(s.astype(np.float32), nan=0.0) * np.float32(10000.0)
-                        ).astype(np.int32)
+        s = np.asarray(slope, dtype=np.float32)
+        code = np.empty(work.shape, np.int16)
+        if s.shape == work.shape and scene.grid == work:
+            _slope_code(s, np.zeros(1, np.int64), np.zeros(1, np.int64), True, code)
+        else:
+            r, c = nearest_index(scene.grid, work)
+            _slope_code(s, r, c, False, code)
     if dem is not None:
         dem = np.ascontiguousarray(resample_nearest(np.asarray(dem, dtype=np.float32),
                                                     scene.grid, work))

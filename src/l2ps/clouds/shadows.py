@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from .morphology import distance_transform, fill_depressions
+from .morphology import distance_transform, fill_depressions_many
 from .stats import quantile_int16
 
 MIN_OBJECT = 3            # objects with fewer pixels are removed from the cloud mask
@@ -80,17 +81,22 @@ def shadow_probability(bits: np.ndarray, nir: np.ndarray, swir1: np.ndarray,
     §9 #13). rel: the relative darkening (filled − band)/filled ×10000 (int16), min over
     the two bands (an l2ps addition used to tell opaque from semi-transparent shadows)."""
     dist = distance_transform(cloud)
-    spr = np.full(bits.shape, 32767, np.int16)
-    rel = np.full(bits.shape, 10000, np.int16)
     stats = {}
-    tmp = np.empty(bits.shape, np.int16)
+    tmps = []
     for name, band in (("nir", nir), ("swir1", swir1)):
         bck = int(math.trunc(quantile_int16(band, lnd, 0.175)))
         stats[f"background_{name}"] = bck
+        tmp = np.empty(bits.shape, np.int16)
         _prepare_fill(band, bits, dist, np.float64(maxdist), np.int16(bck), tmp)
-        filled = fill_depressions(tmp)
-        _depth_min(filled, tmp, spr, rel)
-        del filled
+        tmps.append(tmp)
+    del dist
+    # the two floods are sequential each; run them side by side (numba releases the GIL)
+    filled = fill_depressions_many(tmps, threads=numba.get_num_threads())
+    spr = np.full(bits.shape, 32767, np.int16)
+    rel = np.full(bits.shape, 10000, np.int16)
+    for f, tmp in zip(filled, tmps):
+        _depth_min(f, tmp, spr, rel)
+    del filled, tmps
     return spr, rel, stats
 
 

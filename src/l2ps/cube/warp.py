@@ -31,13 +31,13 @@ at the scene edges (FORCE does not re-synchronise after warping).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+import warnings
 from dataclasses import replace
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.io import MemoryFile
+from rasterio.errors import RasterioDeprecationWarning
 from rasterio.vrt import WarpedVRT
 
 from .. import qai as qai_mod
@@ -94,53 +94,66 @@ def paste(src: np.ndarray, row: int, col: int, dst: np.ndarray) -> None:
     dst[..., r0:r1, c0:c1] = src[..., r0 - row:r1 - row, c0 - col:c1 - col]
 
 
-def _warp_pass(bands: list[np.ndarray], src: Grid, dst: Grid, resampling: Resampling,
-               nodata, num_threads: int) -> np.ndarray:
-    """Warp bands sharing the grid ``src`` onto ``dst``; returns (n, ny, nx)."""
-    dtype = bands[0].dtype
-    n = len(bands)
-    out = np.empty((n, dst.ny, dst.nx), dtype=dtype)
-    with MemoryFile() as mf:
-        with mf.open(driver="GTiff", count=n, width=src.nx, height=src.ny, dtype=dtype.name,
-                     crs=src.crs, transform=src.transform, nodata=nodata) as ds:
-            for i, b in enumerate(bands):
-                ds.write(b, i + 1)
-        with mf.open() as ds, WarpedVRT(
+def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, nodata,
+               num_threads: int) -> np.ndarray:
+    """Warp one band on ``src`` onto ``dst`` (GDAL reads the numpy array in place: no copy
+    of the source is made); returns a new (ny, nx) array of ``band``'s dtype."""
+    from rasterio._io import MemoryDataset     # rasterio's own no-copy wrapper (1.4)
+    out = np.empty((1, dst.ny, dst.nx), dtype=band.dtype)
+    with warnings.catch_warnings():
+        # WarpedVRT prefers read-only datasets; MemoryDataset is opened for writing
+        warnings.simplefilter("ignore", category=RasterioDeprecationWarning)
+        with MemoryDataset(np.ascontiguousarray(band), transform=src.transform,
+                           crs=src.crs) as ds, WarpedVRT(
                 ds, crs=dst.crs, transform=dst.transform, width=dst.nx, height=dst.ny,
                 resampling=resampling, tolerance=TOLERANCE, src_nodata=nodata,
                 nodata=nodata, init_dest_nodata=True, warp_mem_limit=MAX_MEM // 2**20,
                 warp_extras={"NUM_THREADS": str(max(int(num_threads), 1))}) as vrt:
-            vrt.read(list(range(1, n + 1)), out=out)
+            vrt.read([1], out=out)
+    return out[0]
+
+
+def _warp_pass(bands: list[np.ndarray], src: Grid, dst: Grid, resampling: Resampling,
+               nodata, num_threads: int) -> np.ndarray:
+    """Warp bands sharing the grid ``src`` onto ``dst``; returns (n, ny, nx). Each band is
+    warped on its own (see :func:`warp_product`)."""
+    out = np.empty((len(bands), dst.ny, dst.nx), dtype=bands[0].dtype)
+    for i, b in enumerate(bands):
+        out[i] = _warp_band(b, src, dst, resampling, nodata, num_threads)
     return out
 
 
 def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
-                 max_mem: int = MAX_MEM) -> Product:
+                 max_mem: int = MAX_MEM, consume: bool = False) -> Product:
     """``product`` with every band on ``target`` (same dtype; QAI nearest-neighbour and
-    normalised: every nodata pixel is exactly 1)."""
+    normalised: every nodata pixel is exactly 1).
+
+    Band by band: GDAL reads each source band in place and writes one target band, so the
+    memory beyond the source and the result is one warped band (``max_mem`` is GDAL's
+    warp memory limit per chunk). Each band's nodata is its own (a pass over several bands
+    made GDAL treat a pixel as nodata only where every band of the pass was nodata, so a
+    band's own nodata value could enter the cubic kernel as a value). ``consume=True``
+    drops each source band from ``product.bands`` (sets it to None, in place) once it is
+    warped, so that its memory is freed as the warped bands are made (the caller must not
+    need the source afterwards)."""
     nodata = product.nodata
     resampling = resampling_of(product)
     out_bands: list[np.ndarray | None] = [None] * product.nbands
-    # group bands by source grid, keep band order inside each group
-    groups: OrderedDict[Grid, list[int]] = OrderedDict()
-    for i, g in enumerate(product.grids):
-        groups.setdefault(g, []).append(i)
-    for g, idx in groups.items():
+    grids = list(product.grids)
+    for i, g in enumerate(grids):
+        band = product.bands[i]
+        if band is None:
+            raise GridError(f"product {product.name}: band {i + 1} was already consumed")
         off = integer_offset(g, target)
         if off is not None:
-            for i in idx:
-                b = np.full(target.shape, nodata, dtype=product.bands[i].dtype)
-                paste(product.bands[i], off[0], off[1], b)
-                out_bands[i] = b
-            continue
-        per_band = g.nx * g.ny * product.bands[idx[0]].dtype.itemsize
-        step = max(1, int(max_mem // max(per_band, 1)))
-        for k in range(0, len(idx), step):
-            chunk = idx[k:k + step]
-            arr = _warp_pass([np.ascontiguousarray(product.bands[i]) for i in chunk], g,
-                             target, resampling, nodata, num_threads)
-            for j, i in enumerate(chunk):
-                out_bands[i] = arr[j]
+            b = np.full(target.shape, nodata, dtype=band.dtype)
+            paste(band, off[0], off[1], b)
+        else:
+            b = _warp_band(band, g, target, resampling, nodata, num_threads)
+        out_bands[i] = b
+        del band
+        if consume and isinstance(product.bands, list):
+            product.bands[i] = None
     if product.name == "QAI":
         for b in out_bands:
             qai_mod.normalize_nodata(b)
@@ -171,12 +184,14 @@ def resync_nodata(products: list[Product]) -> None:
 
 
 def warp_products(products: list[Product], target: Grid, *, num_threads: int = 1,
-                  resync: bool = True, max_mem: int = MAX_MEM) -> list[Product]:
-    """Warp every product onto ``target`` (band by band, grouped by source grid), then
-    re-synchronise nodata between QAI and the other products (see module docstring)."""
+                  resync: bool = True, max_mem: int = MAX_MEM,
+                  consume: bool = False) -> list[Product]:
+    """Warp every product onto ``target`` (band by band), then re-synchronise nodata
+    between QAI and the other products (see module docstring). ``consume``: see
+    :func:`warp_product`."""
     with rasterio.Env(GDAL_NUM_THREADS=str(max(int(num_threads), 1))):
-        out = [warp_product(p, target, num_threads=num_threads, max_mem=max_mem)
-               for p in products]
+        out = [warp_product(p, target, num_threads=num_threads, max_mem=max_mem,
+                            consume=consume) for p in products]
     if resync:
         resync_nodata(out)
     return out

@@ -513,6 +513,25 @@ class _GroupWriter:
             [c.ident for c in chips], old_window.union(changed)), layers, tmp)
         return "update", old_window.union(changed)
 
+    def _sweep_stale_temporaries(self) -> None:
+        """Remove hidden temporary files/folders of this group left by a killed writer
+        (``.<prefix>.tmp-*``, ``.<prefix>_<PRODUCT>.tmp-*``, and those of its contribution
+        chips). Only called while the group's locks are held, so no live writer owns them."""
+        import shutil
+        for folder in (self.folder, getattr(self, "contrib", None)):
+            if folder is None or not Path(folder).is_dir():
+                continue
+            for p in Path(folder).glob(".*.tmp-*"):
+                if folder == self.folder and not p.name.startswith(f".{self.prefix}"):
+                    continue
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    try:
+                        p.unlink()
+                    except FileNotFoundError:
+                        pass
+
     # ------------------------------------------------------------------ all products
     def write(self, products: list[Product], bands: list[list[np.ndarray]],
               window: formats.Window, grid: Grid, ovv: bool, res: float) -> list[WrittenFile]:
@@ -527,6 +546,7 @@ class _GroupWriter:
         written: list[WrittenFile] = []
         windows: dict[str, formats.Window] = {}
         with file_locks(paths, self.lock_timeout):
+            self._sweep_stale_temporaries()
             tmp = Path(tempfile.mkdtemp(prefix=f".{self.prefix}.tmp-", dir=self.folder))
             try:
                 for p, bl in zip(products, bands):
@@ -643,7 +663,8 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
                out_dir: str | os.PathLike | None = None, origin: str | None = None,
                refsys_id: str | None = None, acquired: datetime | None = None,
                param_log: str = "", num_threads: int | None = None,
-               lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> CubeResult:
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+               consume: bool = False) -> CubeResult:
     """Warp, tile, mosaic and write the products of one image (spec 03 §2.7–§2.11).
 
     products   -- on the image grid, one of them QAI (an OVV product is ignored: the
@@ -659,6 +680,10 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
     out_dir    -- default DIR_LEVEL2
     origin     -- the queue path of the Level-1 input (provenance)
     refsys_id  -- WRS-2 PPPRRR or MGRS Txxxxx, the folder of untiled output
+    consume    -- free the products' bands while they are warped (for the last target
+                  cube; in place: every ``product.bands[i]`` becomes None), so that the
+                  peak memory is about max(scene, warped scene) instead of their sum; the
+                  caller must not use ``products`` afterwards
     """
     if not re.fullmatch(r"\d{8}", str(date)):
         raise OutputError(f"write_cube: date must be YYYYMMDD, got {date!r}")
@@ -699,7 +724,8 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             target = Grid(cube.wkt, float(left), float(top), res, res, max(nx, 1), max(ny, 1))
         else:
             target = native
-        warped = _with_dst(warp_products(prods, target, num_threads=nthread), target, dst)
+        warped = _with_dst(warp_products(prods, target, num_threads=nthread,
+                                         consume=consume), target, dst)
         win, _, _ = _data_window(warped[0].bands[0], formats.Window(0, 0, target.ny, target.nx))
         if win is None:         # no valid pixel: written anyway (no filters, §2.11)
             win = formats.Window(0, 0, 1, 1)
@@ -716,7 +742,7 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
     if ftile:
         allow = read_tile_allowlist(ftile)
     max_cc = float(param(params, "MAX_CLOUD_COVER_TILE", 100.0))
-    for cube in cubes:
+    for k_cube, cube in enumerate(cubes):
         cdir = cube.directory(out_dir)
         cube.tile_pixels(res)
         # DO_REPROJ = FALSE: the origin was snapped to this image's pixel grid, another
@@ -725,7 +751,9 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
         result.cubes.append(cube)
         fp = grid_footprint(native, cube.wkt)
         target = cube.aligned_grid(fp, res)
-        warped = _with_dst(warp_products(prods, target, num_threads=nthread), target, dst)
+        last = k_cube == len(cubes) - 1
+        warped = _with_dst(warp_products(prods, target, num_threads=nthread,
+                                         consume=consume and last), target, dst)
         q = warped[0].bands[0]
         tnx, tny = cube.tile_pixels(res)
         for X, Y in cube.tile_range(fp).tiles():
@@ -752,4 +780,5 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             result.files += group(cdir / tname).write(warped, _views(warped, win),
                                                       win.shift(-row, -col), tgrid, ovv, res)
             result.tiles_written.append(label)
+        del warped, q
     return result

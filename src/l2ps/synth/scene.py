@@ -731,24 +731,43 @@ class Scene:
             return None
         return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
+    def _edge_skip(self) -> float:
+        """Elliptic radius beyond which no edge perturbation can bring r below 1."""
+        m0 = float(np.abs(self.lat_edge[0].values).max())
+        m1 = float(np.abs(self.lat_edge[1].values).max())
+        return 1.0 + (0.22 * m0 + 0.08 * m1) * 1.001 + 1e-6
+
     def cloud_alphas(self, xs, ys, z, vx, vy, scale=None):
         """Per-cloud coverage α (list of (cloud, window, α)) for a line of sight with horizontal
-        tan-components (vx, vy) per pixel (toward the sensor or the sun)."""
+        tan-components (vx, vy) per pixel (toward the sensor or the sun).
+
+        α is :func:`_cloud_alpha` of :meth:`_cloud_r` at the displaced ground points, computed
+        by the numba kernel :func:`l2ps.synth._kernels.cloud_alpha` (same numbers)."""
+        from ._kernels import KIND_CODE, cloud_alpha
         out = []
         vmax = float(np.max(np.hypot(vx, vy))) if np.size(vx) else 0.0
+        zmin = float(z.min())
+        e0, e1 = self.lat_edge
+        skip = self._edge_skip()
+        vx = np.broadcast_to(np.asarray(vx, np.float32), z.shape)
+        vy = np.broadcast_to(np.asarray(vy, np.float32), z.shape)
         for c in self.clouds:
-            win = self._window(c, xs, ys, (c.height - float(z.min())) * vmax + 200.0)
+            win = self._window(c, xs, ys, (c.height - zmin) * vmax + 200.0)
             if win is None:
                 continue
             rs, cs = win
-            zz = z[rs, cs]
-            dh = np.maximum(c.height - zz, 0.0)
-            wvx = vx[rs, cs] if np.ndim(vx) == 2 else vx
-            wvy = vy[rs, cs] if np.ndim(vy) == 2 else vy
-            gx = xs[cs][None, :] + dh * wvx
-            gy = ys[rs][:, None] + dh * wvy
-            alpha = _cloud_alpha(c.kind, self._cloud_r(c, gx, gy)).astype(np.float32)
-            if alpha.any():
+            alpha = np.empty((rs.stop - rs.start, cs.stop - cs.start), np.float32)
+            a = c.radius
+            b = c.radius * c.elongation
+            ca, sa = math.cos(math.radians(c.angle)), math.sin(math.radians(c.angle))
+            n = cloud_alpha(np.ascontiguousarray(xs[cs], np.float64),
+                            np.ascontiguousarray(ys[rs], np.float64),
+                            np.ascontiguousarray(z[rs, cs]), np.ascontiguousarray(vx[rs, cs]),
+                            np.ascontiguousarray(vy[rs, cs]), float(c.height), float(c.x),
+                            float(c.y), float(a), float(b), ca, sa, KIND_CODE[c.kind],
+                            e0.values, float(e0.x0), float(e0.y0), e0.spacing,
+                            e1.values, float(e1.x0), float(e1.y0), e1.spacing, skip, alpha)
+            if n:
                 out.append((c, win, alpha))
         return out
 
@@ -808,8 +827,167 @@ class Scene:
                 sub[(a > 0.05) & (sub == CLOUD_CLEAR)] = CLOUD_CIRRUS
         return alphas, mask
 
+    # fast path of toa_band (numba kernel + 6S terms per column chunk); False after a
+    # verification against the reference path failed (then the reference path is used)
+    FAST_TOA = True
+
+    def _block_cache(self, blk: dict) -> dict:
+        """Band-independent fields of a block used by every band (computed once per block)."""
+        cache = blk.get("_cache")
+        if cache is None:
+            f32 = np.float32
+            z_km = blk["z"] / 1000.0
+            mus = np.cos(np.radians(blk["sza"]))
+            cache = dict(
+                z_km=z_km, mus=mus,
+                ez8=np.exp(-np.asarray(z_km, dtype=f32) / 8.0),
+                cos_i_pos=np.maximum(blk["cos_i"], 0),
+                raa=np.abs((blk["saa"] - blk["vaa"] + 180.0) % 360.0 - 180.0),
+                airmass=1 / np.cos(np.radians(blk["sza"])) + 1 / np.cos(np.radians(blk["vza"])))
+            blk["_cache"] = cache
+        return cache
+
+    def _direct_fraction(self, wl: float, cache: dict, aod) -> np.ndarray:
+        """:func:`direct_fraction` with the band-independent parts taken from the block cache
+        (same numbers)."""
+        f32 = np.float32
+        tau_r = (0.008569 * wl ** -4 * (1 + 0.0113 * wl ** -2 + 0.00013 * wl ** -4)
+                 * cache["ez8"]).astype(f32)
+        tau_a = (np.asarray(aod, dtype=f32) * (wl / 0.55) ** -1.3).astype(f32)
+        mu = cache["mus"].astype(f32, copy=False)
+        direct = tau_r + tau_a
+        np.negative(direct, out=direct)
+        np.divide(direct, mu, out=direct)
+        np.exp(direct, out=direct)
+        tau_r *= f32(0.5)
+        tau_a *= f32(0.22)
+        total = np.add(tau_r, tau_a, out=tau_r)
+        np.negative(total, out=total)
+        np.divide(total, mu, out=total)
+        np.exp(total, out=total)
+        np.divide(direct, total, out=direct)
+        return direct
+
+    def _sixs_chunks(self, blk: dict, dom: str, tables):
+        """Per column chunk (SIXS_CHUNK columns) the 6S terms of ``dom`` at the chunk's mean
+        geometry, as :func:`surface_to_toa` takes them: (scattering (n, n_aod, n_elev, 5),
+        gas (n, n_wv, n_elev, 3), grids)."""
+        ax = tables.axes
+        geo = blk["_cache"].get("chunk_geometry")
+        if geo is None:
+            geo = []
+            for c0 in range(0, blk["sza"].shape[-1], SIXS_CHUNK):
+                sl = (..., slice(c0, c0 + SIXS_CHUNK))
+                geo.append((float(np.clip(blk["sza"][sl].mean(), ax["sza"][0], ax["sza"][-1])),
+                            float(np.clip(blk["vza"][sl].mean(), ax["vza"][0], ax["vza"][-1])),
+                            float(blk["_cache"]["raa"][sl].mean())))
+            blk["_cache"]["chunk_geometry"] = geo
+        grids = [tables.terms_grid(self.sensor, dom, *g) for g in geo]
+        scat = np.ascontiguousarray(np.stack([g.scattering for g in grids]), np.float32)
+        gas = np.ascontiguousarray(np.stack([g.gas for g in grids]), np.float32)
+        return scat, gas, grids
+
     def toa_band(self, blk: dict, band_idx: int, alphas) -> tuple[np.ndarray, np.ndarray]:
-        """(surface reflectance, TOA reflectance) of a reflective band for a block."""
+        """(surface reflectance, TOA reflectance) of a reflective band for a block.
+
+        Surface, illumination and the 6S tables are evaluated in one numba kernel
+        (:func:`l2ps.synth._kernels.surface_toa`), checked on the block's first rows against
+        :meth:`toa_band_reference` (the NumPy expressions of the model), which is used instead
+        when they differ or when the 6S tables are not installed."""
+        tables = sixs_tables()
+        if tables is None or not Scene.FAST_TOA:
+            return self.toa_band_reference(blk, band_idx, alphas)
+        from ._kernels import surface_toa
+        f32 = np.float32
+        cache = self._block_cache(blk)
+        dom = self.doms[band_idx]
+        wl = self.centres[dom]
+        ax = tables.axes
+        if "aod_c" not in cache:
+            clip = lambda v, k: np.ascontiguousarray(  # noqa: E731
+                np.clip(np.asarray(v, dtype=f32), ax[k][0], ax[k][-1]))
+            cache.update(aod_c=clip(blk["aod"], "aod"), wv_c=clip(blk["wv"], "wv"),
+                         elev_c=clip(np.asarray(cache["z_km"], dtype=f32), "elev"))
+        env = np.ascontiguousarray(self.env(band_idx, blk["xs"], blk["ys"]), f32)
+        fdir = self._direct_fraction(wl, cache, blk["aod"])
+        scat, gas, grids = self._sixs_chunks(blk, dom, tables)
+        fine = blk.get("fine")
+        if fine is not None:
+            k_wet = f32(0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0))
+            k_abs = f32(math.cos(2 * math.pi * (wl - 0.49) / 0.8))
+            fw, fa = np.ascontiguousarray(fine[0], f32), np.ascontiguousarray(fine[1], f32)
+        else:
+            k_wet = k_abs = f32(0.0)
+            fw = fa = np.zeros((0, 0), f32)
+        # ρ in the memory layout NumPy gives the reference expression (the block means of the
+        # 20/60 m Sentinel-2 bands sum in memory order); it depends on the layouts of the
+        # block's fields only, so the reference surface of one band tells it for all
+        if "rho_order" not in cache:
+            r = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], fine)
+            cache["rho_order"] = "F" if r.flags.f_contiguous and not r.flags.c_contiguous \
+                else "C"
+        order = cache["rho_order"]
+        rho = np.empty(blk["z"].shape, f32, order=order)
+        toa = np.empty(blk["z"].shape, f32)
+        c = lambda a: np.ascontiguousarray(a, f32)  # noqa: E731
+        surface_toa(np.ascontiguousarray(blk["cls"]), c(blk["veg"]), c(blk["bright"]),
+                    np.ascontiguousarray(self.cover_table[:, band_idx], f32),
+                    f32(self.veg_spec[band_idx]), fw, fa, k_wet, k_abs, fdir, c(blk["shade"]),
+                    c(cache["cos_i_pos"]), c(cache["mus"]), c(blk["skyview"]), env,
+                    cache["aod_c"], cache["wv_c"], cache["elev_c"], SIXS_CHUNK, scat, gas,
+                    ax["aod"].astype(f32), ax["elev"].astype(f32), ax["wv"].astype(f32),
+                    f32(1e-6), rho, toa)
+        if not self._check_fast_toa(blk, band_idx, rho, toa, env, fdir, grids):
+            Scene.FAST_TOA = False
+            return self.toa_band_reference(blk, band_idx, alphas)
+        self._mix_clouds(toa, wl, alphas, cache["airmass"])
+        return rho, toa
+
+    def _check_fast_toa(self, blk, band_idx, rho, toa, env, fdir, grids, nrows: int = 2) -> bool:
+        """The kernel's ρ and ρ_TOA on the first ``nrows`` rows equal the reference NumPy
+        expressions (``surface`` and ``BandTermsGrid.toa`` per chunk)."""
+        n = min(nrows, rho.shape[0])
+        sub = {k: (v[:n] if isinstance(v, np.ndarray) and v.shape[:1] == (rho.shape[0],)
+                   and v.ndim == 2 else v) for k, v in blk.items()}
+        fine = blk.get("fine")
+        ref_rho = self.surface(band_idx, sub["cls"], sub["veg"], sub["bright"],
+                               None if fine is None else fine[:, :n])
+        if not np.array_equal(ref_rho, rho[:n]):
+            return False
+        cache = blk["_cache"]
+        illum = fdir[:n] * sub["shade"] * np.maximum(sub["cos_i"], 0) / cache["mus"][:n] \
+            + (1 - fdir[:n]) * sub["skyview"]
+        rs = ref_rho * illum
+        for k, g in enumerate(grids):
+            sl = (slice(0, n), slice(k * SIXS_CHUNK, (k + 1) * SIXS_CHUNK))
+            ref = g.toa(rs[:, sl[1]], env[sl], cache["aod_c"][sl], cache["wv_c"][sl],
+                        cache["elev_c"][sl])
+            if not np.array_equal(np.asarray(ref, np.float32), toa[sl]):
+                return False
+        return True
+
+    def _mix_clouds(self, toa, wl: float, alphas, airmass) -> None:
+        """Clouds over the clear-sky TOA: (1 − α)·ρ_TOA + α·ρ_cloud·T_above (in place), only
+        where α > 0 (elsewhere the expression leaves ρ_TOA unchanged)."""
+        wv = self.opt.water_vapor
+        for c, (rs, cs), a in alphas:
+            spec = "cirrus" if c.kind == "cirrus" else "cloud"
+            rc = spectra.reflectance(spec, wl) * c.brightness
+            nz = a > 0
+            if not nz.any():
+                continue
+            an = a[nz]
+            m = airmass[rs, cs][nz]
+            wv_above = wv * math.exp(-c.height / 2000.0)
+            tau_r = 0.008569 * wl ** -4 * math.exp(-c.height / 8000.0)
+            k = spectra.water_vapour_absorption(wl)
+            tr = (np.exp(-k * (wv_above * m) ** 0.6) * np.exp(-0.5 * tau_r * m)).astype(np.float32)
+            sub = toa[rs, cs]
+            sub[nz] = (1 - an) * sub[nz] + an * rc * tr
+
+    def toa_band_reference(self, blk: dict, band_idx: int, alphas) -> tuple[np.ndarray, np.ndarray]:
+        """(surface reflectance, TOA reflectance) of a reflective band for a block — the model
+        in NumPy expressions (reference of the fast path, and the path without 6S tables)."""
         dom = self.doms[band_idx]
         wl = self.centres[dom]
         rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], blk.get("fine"))
