@@ -200,3 +200,58 @@ def test_dark_vegetation_aod_is_retrieved(landsat_scene):
     assert (Q.get_field(scene.qai, Q.AEROSOL) < 3).all()
     assert res.log_fragment.endswith(f"# of targets: 0/{res.n_targets[1]}. ")
     assert np.median(res.boa["RED"]) == pytest.approx(300, abs=30)
+
+
+def test_dark_water_aod_is_retrieved(landsat_scene):
+    """A lake of a library spectrum (plus the skylight reflected by its surface) under a known
+    AOD: the water branch of the dark-target retrieval finds it (spec 02 §3.3–§3.4)."""
+    from l2ps.atmosphere import darktarget as DT
+    from l2ps.atmosphere import radtran as rt
+    scene = landsat_scene
+    lib = DT.water_library(scene.sensor, DT.WATER_BANDS)
+    k = 9                                          # Chl 0.3 mg m-3, TSM 2 g m-3
+    water = dict(zip(DT.WATER_BANDS, lib[k]))
+    water.update({"ULTRABLUE": water["BLUE"], "CIRRUS": 0.0, "SWIR1": 0.002, "SWIR2": 0.001})
+    g = scene.geometry
+    rho_f = float(rt.fresnel_reflection(SZA))
+    from l2ps.atmosphere.constants import band_optics
+    for d in scene.toa:
+        if d in water:
+            opt = band_optics(scene.sensor, d)
+            brt = G.compute_band_rt(opt, g.sun_zenith, g.sun_azimuth, g.view_zenith,
+                                    g.view_azimuth, np.array([0.0]), 0.3, 0.0, 2.0, 0.3)
+            sky = rho_f * (brt.t_sun[0, 0, 0] - brt.tdir_sun[0, 0, 0]) / brt.t_sun[0, 0, 0]
+            scene.toa[d] = _forward(scene, d, np.full(scene.toa[d].shape, water[d] + sky), 2.0,
+                                    2.0, aod550=0.3)
+    scene.qai[:] = 0
+    res = correct_atmosphere(scene, params(do_aod=True))
+    assert res.n_targets[0] > 0 and res.n_targets[1] == 0
+    assert res.aod550_scene == pytest.approx(0.3, abs=0.03)
+    assert (Q.get_field(scene.qai, Q.AEROSOL) == 0).all()
+
+
+def test_water_library_is_physical():
+    """Clear water is black in the NIR; sediment brightens the red; the band values are
+    response-weighted means of the 400–900 nm spectra."""
+    from l2ps.atmosphere import darktarget as DT
+    lib = DT.water_library("SEN2A", ("BLUE", "GREEN", "RED", "NIR"))
+    assert lib.shape == (40, 4) and (lib >= 0).all() and lib.max() < 0.15
+    clear, turbid = lib[0], lib[16]                # Chl 0.03 / TSM 0 and TSM 20
+    assert clear[3] < 0.001 and clear[0] > clear[2]
+    assert turbid[2] > 5 * clear[2] and turbid[3] > 0.003
+
+
+def test_aerosol_scale_height_fit():
+    """§3.7: τ = τ0·exp(−z/H) at target elevations gives back H; too few targets, too small an
+    elevation range or an AOD that does not decrease give None; the minimum is 1.2 km."""
+    from l2ps.atmosphere.darktarget import fit_scale_height
+    rng = np.random.default_rng(0)
+    z = rng.uniform(0.2, 2.0, 12)
+    for h in (1.5, 2.5, 6.0):
+        tau = 0.3 * np.exp(-z / h) * (1 + 0.01 * rng.standard_normal(z.size))
+        assert fit_scale_height(z, tau, 2.0) == pytest.approx(h, rel=0.15)
+    assert fit_scale_height(z[:3], 0.3 * np.exp(-z[:3] / 2), 2.0) is None
+    assert fit_scale_height(0.2 + 0.05 * z / 2, 0.3 * np.exp(-z / 2), 2.0) is None
+    assert fit_scale_height(z, 0.3 * np.exp(-z / 2), 0.05) is None
+    assert fit_scale_height(z, 0.2 + 0.01 * z, 2.0) is None
+    assert fit_scale_height(z, 0.3 * np.exp(-z / 0.3), 2.0) == 1.2

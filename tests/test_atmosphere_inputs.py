@@ -72,3 +72,34 @@ def test_dir_aod_nearest_line(tmp_path):
     assert s.aod550 == pytest.approx(math.exp(-1.5 - 1.2 * math.log(0.55) - 0.1 * math.log(0.55) ** 2))
     with pytest.raises(AodFileError, match="AOD_046.txt"):
         fallback_spectrum(tmp_path, 46, 9.0, 49.0)
+
+
+def test_water_vapor_null_means_the_standard_atmosphere():
+    """WATER_VAPOR = NULL without DIR_WVPLUT: the standard atmosphere of latitude and season
+    (not FORCE's 0 g/cm2), reduced to the scene elevation."""
+    from l2ps.atmosphere.gas import climatological_water_vapor
+    assert climatological_water_vapor(45.0, 7).value == pytest.approx(2.93)
+    assert climatological_water_vapor(51.5, 7).value == pytest.approx(2.08)
+    assert climatological_water_vapor(51.5, 1).source == "CLIMATOLOGY (subarctic winter)"
+    assert climatological_water_vapor(-35.0, 1).source == "CLIMATOLOGY (midlatitude summer)"
+    assert climatological_water_vapor(5.0, 12).value == pytest.approx(4.12)
+    assert climatological_water_vapor(45.0, 7, 2.0).value == pytest.approx(2.93 * math.exp(-1), abs=1e-3)
+
+
+def test_parameters_record_null_keys(tmp_path):
+    from l2ps.params import read_parameters, write_skeleton
+    prm = tmp_path / "level2.prm"
+    write_skeleton(prm)
+    for d in ("level2", "temp", "log", "prov"):
+        (tmp_path / d).mkdir()
+    text = prm.read_text()
+    for key, v in (("DIR_LEVEL2", tmp_path / "level2"), ("DIR_TEMP", tmp_path / "temp"),
+                   ("DIR_LOG", tmp_path / "log"), ("DIR_PROVENANCE", tmp_path / "prov"),
+                   ("FILE_QUEUE", "NULL")):
+        text = "\n".join(f"{key} = {v}" if ln.startswith(f"{key} ") else ln
+                          for ln in text.splitlines())
+    prm.write_text(text + "\n")
+    p = read_parameters(prm)
+    assert p.water_vapor == 0.0 and "WATER_VAPOR" in p.nulls and "DIR_WVPLUT" in p.nulls
+    prm.write_text(text.replace("WATER_VAPOR = NULL", "WATER_VAPOR = 0") + "\n")
+    assert "WATER_VAPOR" not in read_parameters(prm).nulls

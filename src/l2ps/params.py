@@ -232,8 +232,9 @@ _FORCE_KEY_TABLE: tuple[Key, ...] = (
     Key("ADJACENCY_EFFECT", "bool", "TRUE", _S_RAD,
         "Correct the adjacency effect (light scattered in from the surroundings)."),
     Key("WATER_VAPOR", "float", "NULL", _S_WVP,
-        "Water vapour (g/cm2, 0 to 15) for Landsat when DIR_WVPLUT is NULL. NULL means 0\n"
-        "(as in FORCE), i.e. no water vapour absorption is corrected.",
+        "Water vapour (g/cm2, 0 to 15) for Landsat when DIR_WVPLUT is NULL. NULL: the water\n"
+        "vapour of the standard atmosphere for the scene's latitude and season (l2ps; FORCE\n"
+        "uses 0, i.e. no water vapour absorption would be corrected).",
         lo=0, hi=15, null_value=0.0),
     Key("STRICT_WATER_VAPOR", "bool", "FALSE", _S_WVP,
         "With DIR_WVPLUT: fail for an image without a daily water vapour value (TRUE), or fall\n"
@@ -400,8 +401,8 @@ class Parameters:
     (e.g. ``resampling`` in ``{'NN', 'BL', 'CC'}``). Values are those after FORCE's derived
     overrides (DO_ATMO = FALSE switches DO_AOD, DO_BRDF, DO_TOPO, ADJACENCY_EFFECT off); the
     values as written in the file are kept in ``overrides`` for FORCE_param.
-    ``source``, ``lines`` (key → line number), ``warnings`` and ``overrides`` do not take part
-    in equality.
+    ``source``, ``lines`` (key → line number), ``warnings``, ``overrides`` and ``nulls`` (keys
+    written as NULL) do not take part in equality.
     """
 
     dir_level2: Path
@@ -468,6 +469,7 @@ class Parameters:
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     overrides: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    nulls: frozenset[str] = field(default=frozenset(), compare=False)   # keys written as NULL
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **changes: Any) -> "Parameters":
@@ -933,7 +935,8 @@ def validate_parameter_text(
     if "WATER_VAPOR" in raw and raw["WATER_VAPOR"][0] == [_NULL] \
             and values.get("DIR_WVPLUT", 1) is None and values.get("DO_ATMO"):
         warnings.append(f"{loc('WATER_VAPOR')}: WATER_VAPOR = NULL and DIR_WVPLUT = NULL: "
-                        f"Landsat images are corrected with 0 g/cm2 water vapour")
+                        f"Landsat images are corrected with the water vapour of the standard "
+                        f"atmosphere for their latitude and season (FORCE: 0 g/cm2)")
 
     if problems:
         problems = _by_line(problems, name)
@@ -945,8 +948,10 @@ def validate_parameter_text(
     for w in warnings:
         log.warning(w)
     kwargs = {KEY_TABLE[k].attr: v for k, v in values.items()}
+    nulls = frozenset(k for k in values if (raw[k][0] == [_NULL] if k in raw
+                                            else KEY_TABLE[k].default == _NULL))
     return Parameters(**kwargs, lines=MappingProxyType(lines), warnings=tuple(warnings),
-                      overrides=MappingProxyType(overrides))
+                      overrides=MappingProxyType(overrides), nulls=nulls)
 
 
 def _by_line(problems: list[str], name: str) -> list[str]:

@@ -33,13 +33,14 @@ from pyproj import Transformer
 from .. import qai as Q
 from ..errors import L2psError
 from ..geometry import _weights
+from ..grid import Grid
 from ..scene import nearest_index
 from . import grid as G
 from .adjacency import background_reflectance
 from .aerosol import fallback_spectrum
 from .constants import band_optics
 from .darktarget import retrieve_aod
-from .gas import ozone_amount, water_vapor_from_lut
+from .gas import climatological_water_vapor, ozone_amount, water_vapor_from_lut
 from .watervapor import retrieve_water_vapor, water_vapor_map
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,16 @@ def _row_terms(terms, gas, valid, ia, ib, w1, rowt, rowg, roww):
 
 
 @njit(cache=True, parallel=True)
-def _invert_kernel(toa, off, erase, z, wv, i0, wi, j0, wj, levels, wv_nodes, terms, gas, valid,
-                   rho_b, factor, out, flags):
+def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nodes, terms, gas,
+                   valid, rho_b, factor, out, flags):
     """Per pixel: bilinear in the coarse cells (invalid cells skipped), linear in elevation
     levels and water-vapour nodes; homogeneous inversion with the gas-coupled path, or with
     a background reflectance ``rho_b`` (int16 ×10000, empty = homogeneous; spec 02 §1.9, §4);
     factor; §8.1 scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata).
 
-    ``terms`` (ncy, ncx, nlev, NT) and ``gas`` (ncy, ncx, nlev, nw, NG) are first blended
+    ``qai``: the QAI of each pixel (nodata bit 0 → nodata; ``erase_clouds``: confident cloud →
+    nodata); ``z``: elevation in m (NaN → 0 km; empty = flat); ``wv``: water vapour int16
+    ×1000 (empty = one node).  ``terms`` (ncy, ncx, nlev, NT) and ``gas`` (ncy, ncx, nlev, nw, NG) are first blended
     between the two cell rows of each image row (row-wise pre-interpolation), so a pixel
     only combines 2 cells × 2 levels."""
     ncy, ncx, nlev, nt = terms.shape
@@ -135,18 +138,20 @@ def _invert_kernel(toa, off, erase, z, wv, i0, wi, j0, wj, levels, wv_nodes, ter
         for c in range(nc):
             flags[r, c] = 0
             v = toa[r, c]
-            if off[r, c] or v == -9999:
+            q = qai[r, c]
+            if (q & 1) or v == -9999:
                 out[r, c] = -9999
                 continue
             k0 = 0
             fk = 0.0
             if z.size > 0:
-                k0, fk = _level_weight(z[r, c], levels)
+                zz = z[r, c]
+                k0, fk = _level_weight(0.0 if math.isnan(zz) else zz * 0.001, levels)
             k1 = min(k0 + 1, nlev - 1)
             q0 = 0
             fq = 0.0
             if wv.size > 0 and nw > 1:
-                ww = wv[r, c]
+                ww = wv[r, c] * 0.001
                 if ww >= wv_nodes[nw - 1]:
                     q0 = nw - 2
                     fq = 1.0
@@ -199,7 +204,7 @@ def _invert_kernel(toa, off, erase, z, wv, i0, wi, j0, wj, levels, wv_nodes, ter
                 f |= 1
             if rho > 1.0:
                 f |= 2
-            if erase[r, c]:
+            if erase_clouds and ((q >> 1) & 3) == 2:
                 out[r, c] = -9999
             elif rho < -1.0:
                 out[r, c] = -9999
@@ -321,16 +326,25 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
 
     amap = None
 
+    def scale_height() -> float:
+        return amap.scale_height_km if amap is not None else G.AEROSOL_SCALE_HEIGHT_KM
+
     def band_rt(domain, wv):
         opt = band_optics(sensor, domain)
         if amap is not None:
             aod_eq = amap_cells
         else:
             aod_eq = float(spectrum.tau(opt.wavelength)) / opt.tau_a_per_aod550
-        return G.compute_band_rt(opt, sz, sa, vz, va, levels, aod_eq, zmean, wv, ozone, multi)
+        return G.compute_band_rt(opt, sz, sa, vz, va, levels, aod_eq, zmean, wv, ozone, multi,
+                                 aerosol_scale_height_km=scale_height())
 
-    # water vapour
+    # water vapour; WATER_VAPOR = NULL means the standard atmosphere of latitude and season
+    # (FORCE: 0 g cm-2) where it is used (Landsat without DIR_WVPLUT, S2 fill)
     t1 = time.perf_counter()
+    wv_default, wv_default_source = float(params.water_vapor), "PARAMETER"
+    if "WATER_VAPOR" in getattr(params, "nulls", ()):
+        clim = climatological_water_vapor(clat, acquired.month, zmean)
+        wv_default, wv_default_source = clim.value, clim.source
     wvp_map = None
     if is_s2:
         if not (scene.has("NIR") and scene.has("VAPOR")):
@@ -338,13 +352,15 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
         rt8, rt9 = band_rt("NIR", G.WV_NODES), band_rt("VAPOR", G.WV_NODES)
         w09 = retrieve_water_vapor(scene, rt8, rt9, lambda g: _level_index(scene, dem, levels, g),
                                    lambda g: _cell_index(coarse, g))
-        wvp_map, wv_scene, n_fill = water_vapor_map(scene, w09, params.water_vapor)
+        wvp_map, wv_scene, n_fill = water_vapor_map(scene, w09, wv_default)
         wv_source = f"S2 B8A/B09 ({int(np.isfinite(w09).sum())} retrievals, {n_fill} pixels filled)"
         wv_nodes = G.WV_NODES
     else:
         wvv = water_vapor_from_lut(getattr(params, "dir_wvplut", None), acquired.date(), clon, clat,
-                                   default=params.water_vapor, strict=params.strict_water_vapor)
+                                   default=wv_default, strict=params.strict_water_vapor)
         wv_scene, wv_source, wv_nodes = wvv.value, wvv.source, float(wvv.value)
+        if wv_source == "PARAMETER":
+            wv_source = wv_default_source
     stats["water_vapor"] = time.perf_counter() - t1
 
     # aerosol: dark targets (DO_AOD), else the fallback spectrum
@@ -353,7 +369,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
         amap = retrieve_aod(scene, dem, levels, zmean, float(wv_scene), ozone, multi)
         if amap is not None:
             amap_cells = np.where(np.isfinite(amap.aod550), amap.aod550, np.nanmean(amap.aod550))
-            aod_note = f": {amap.n_vegetation} vegetation objects"
+            aod_note = f": {amap.n_water} water, {amap.n_vegetation} vegetation objects"
         else:
             aod_note = " (no valid dark target: fallback)"
     stats["aod"] = time.perf_counter() - t1
@@ -387,15 +403,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
         rho_b = empty16
         if adjacency:
             ta = time.perf_counter()
-            rho0, _ = _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, None,
-                                   False, empty16)
-            qb = scene.qai[rq[:, None], cq[None, :]]
-            lev0 = int(np.argmin(np.abs(levels - zmean)))
-            ok = np.isfinite(brt.tau_a[..., lev0])
-            rho_b = background_reflectance(
-                rho0, ((qb & 1) != 0) | (rho0 == NODATA), Q.get_field(qb, Q.CLOUD) > 0, g.res,
-                float(np.mean(brt.tau_a[..., lev0][ok])), float(np.mean(brt.tau_r[..., lev0][ok])))
-            del rho0, qb
+            rho_b = _background(scene, d, g, brt, dem, levels, zmean, wvp_map, coarse)
             stats["adjacency"] += time.perf_counter() - ta
         out, flags = _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse,
                                   hook, erase_clouds, rho_b)
@@ -439,7 +447,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
         if dem is not None:
             z = np.asarray(dem[r0:r1], np.float32) / 1000.0
             blk = (blk * np.exp(-(np.where(np.isfinite(z), z, zmean) - zmean)
-                                / G.AEROSOL_SCALE_HEIGHT_KM)).astype(np.float32)
+                                / scale_height())).astype(np.float32)
         v = valid[r0:r1]
         if amap is None:
             field = np.full(blk.shape, 3, np.uint8)
@@ -460,6 +468,7 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     info = {"water_vapor_source": wv_source,
             "aod_source": (spectrum.source if amap is None else "dark targets") + aod_note,
             "elevation_levels": int(levels.size),
+            "aerosol_scale_height_km": round(scale_height(), 3),
             "diffuse_ratio": {d: round(float(np.nanmean(_diffuse_ratio(b)[..., int(np.argmin(
                 np.abs(levels - zmean)))])), 4) for d, b in rts.items()}}
     if topo_info is not None:
@@ -468,6 +477,66 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
     return AtmoResult(boa=boa, aod=aod, wvp=wvp_map, aod550_scene=aod550_scene,
                       water_vapor_scene=float(wv_scene), n_targets=n_targets, log_fragment=frag,
                       stats=stats, info=info)
+
+
+ADJACENCY_MIN_PIXEL = 20.0     # m: backgrounds of finer bands are computed on a 2× coarser grid
+
+
+def _background(scene, d, g, brt, dem, levels, zmean, wvp_map, coarse) -> np.ndarray:
+    """Background reflectance (int16 ×10000 on ``g``) of band ``d`` (spec 02 §4): provisional
+    homogeneous BOA, three EMA rings, own weight.  Bands finer than 20 m (Sentinel-2 10 m) do
+    this on a grid of twice the pixel size from the 2×2 mean TOA and take the background of
+    the 2×2 block (the rings are ≥ 250 m wide; 4× less work)."""
+    lev0 = int(np.argmin(np.abs(levels - zmean)))
+    ok = np.isfinite(brt.tau_a[..., lev0])
+    tau_a = float(np.mean(brt.tau_a[..., lev0][ok]))
+    tau_r = float(np.mean(brt.tau_r[..., lev0][ok]))
+    empty16 = np.zeros((0, 0), np.int16)
+    coarse_grid = g.res < ADJACENCY_MIN_PIXEL and g.nx >= 4 and g.ny >= 4
+    if coarse_grid:
+        gb = Grid(g.crs_wkt, g.x0, g.y0, 2 * g.dx, 2 * g.dy, g.nx // 2, g.ny // 2)
+        toa_b = _mean2x2(scene.toa[d])
+        qai_b = scene.qai_on(gb) if g == scene.grid else \
+            scene.qai[tuple(np.ix_(*nearest_index(scene.grid, gb)))]
+    else:
+        gb, toa_b = g, scene.toa[d]
+        rq, cq = nearest_index(scene.grid, g)
+        qai_b = scene.qai if g == scene.grid else scene.qai[rq[:, None], cq[None, :]]
+    rq, cq = nearest_index(scene.grid, gb)
+    rho0, _ = _invert_band(scene, d, gb, brt, rq, cq, dem, levels, wvp_map, coarse, None, False,
+                           empty16, toa=toa_b, qai=qai_b)
+    rho_b = background_reflectance(rho0, ((qai_b & 1) != 0) | (rho0 == NODATA),
+                                   Q.get_field(qai_b, Q.CLOUD) > 0, gb.res, tau_a, tau_r)
+    del rho0
+    if not coarse_grid:
+        return rho_b
+    rr = np.minimum(np.arange(g.ny) // 2, gb.ny - 1)
+    cc = np.minimum(np.arange(g.nx) // 2, gb.nx - 1)
+    return rho_b[rr[:, None], cc[None, :]]
+
+
+@njit(cache=True, parallel=True)
+def _mean2x2_kernel(src, out):
+    nr, nc = out.shape
+    for r in prange(nr):
+        for c in range(nc):
+            acc = 0
+            n = 0
+            for i in range(2):
+                for j in range(2):
+                    v = src[2 * r + i, 2 * c + j]
+                    if v != -9999:
+                        acc += v
+                        n += 1
+            out[r, c] = np.int16(acc // n) if n > 0 else np.int16(-9999)
+
+
+def _mean2x2(toa: np.ndarray) -> np.ndarray:
+    """2×2 block mean of an int16 band (nodata −9999 ignored; a block without data is
+    nodata); odd trailing rows/columns are dropped."""
+    out = np.empty((toa.shape[0] // 2, toa.shape[1] // 2), np.int16)
+    _mean2x2_kernel(toa, out)
+    return out
 
 
 def _stack_terms(brt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -487,26 +556,39 @@ def _stack_terms(brt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_hook,
-                 erase_clouds: bool, rho_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """BOA (int16) and flags (uint8) of band ``d`` on its grid ``g``, strip by strip."""
-    toa = scene.toa[d]
+                 erase_clouds: bool, rho_b: np.ndarray, toa: np.ndarray | None = None,
+                 qai: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """BOA (int16) and flags (uint8) of band ``d`` on its grid ``g``, strip by strip
+    (``toa``/``qai``: TOA and QAI already on ``g``, else the scene's band and QAI)."""
+    toa = scene.toa[d] if toa is None else toa
     out = np.empty(toa.shape, np.int16)
     flags = np.empty(toa.shape, np.uint8)
     terms, gas, valid = _stack_terms(brt)
     wv_nodes = np.atleast_1d(np.asarray(brt.wv, np.float64))
+    same = g == scene.grid
+    assert Q.NODATA == 0 and Q.CLOUD == 1 and Q.CLOUD_OPAQUE == 2     # bits read by the kernel
+    empty_f, empty_i = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int16)
+
+    def rows_of(arr, r0, r1, empty):
+        if arr is None:
+            return empty
+        if same:                                  # a view: no per-block copy
+            return arr[r0:r1]
+        return arr[rq[r0:r1][:, None], cq[None, :]]
+
+    dem32 = None if dem is None else dem
+    if dem32 is not None and dem32.dtype != np.float32:
+        dem32 = dem32.astype(np.float32)
     for r0 in range(0, g.ny, ROWS):
         r1 = min(g.ny, r0 + ROWS)
-        qb = scene.qai[rq[r0:r1][:, None], cq[None, :]]
-        off = (qb & 1) != 0
-        erase = (Q.get_field(qb, Q.CLOUD) == 2) if erase_clouds else np.zeros(qb.shape, bool)
-        zb = _z_block(dem, rq[r0:r1], cq)
-        wb = (wvp_map[rq[r0:r1][:, None], cq[None, :]].astype(np.float32) / 1000.0
-              if wvp_map is not None else np.zeros((0, 0), np.float32))
+        qb = rows_of(scene.qai, r0, r1, None) if qai is None else qai[r0:r1]
+        zb = rows_of(dem32, r0, r1, empty_f)
+        wb = rows_of(wvp_map, r0, r1, empty_i)
         fac = factor_hook(d, slice(r0, r1)) if factor_hook is not None else None
-        fac = np.zeros((0, 0), np.float32) if fac is None else np.asarray(fac, np.float32)
+        fac = empty_f if fac is None else np.asarray(fac, np.float32)
         rb = rho_b[r0:r1] if rho_b.size else rho_b
         _, i0, wi, _, j0, wj = _weights(coarse, g, r0, r1)
-        _invert_kernel(toa[r0:r1], off, erase, zb, wb, i0, wi, j0, wj, levels, wv_nodes,
+        _invert_kernel(toa[r0:r1], qb, erase_clouds, zb, wb, i0, wi, j0, wj, levels, wv_nodes,
                        terms, gas, valid, rb, fac, out[r0:r1], flags[r0:r1])
     return out, flags
 
@@ -535,8 +617,8 @@ def _topographic_hook(scene, rts, dem, levels, zmean, coarse, factor_hook):
     f_sw2 = _diffuse_ratio(sw2)
     lev0 = int(np.argmin(np.abs(levels - zmean)))
     ok = np.isfinite(f_sw2[..., lev0])
-    # scene values for the C regression (it runs over 3 km neighbourhoods; C is re-scaled per
-    # pixel with f_b/f_SWIR2 and h0 when applied)
+    # scene values for the C regression (it runs over 3 km neighbourhoods; per pixel and band
+    # C_b = C + h0·μs·(f_b − f_SWIR2) when applied)
     tga = sw2.tg_aer[..., lev0, 0] if sw2.tg_aer.ndim == 4 else sw2.tg_aer[..., lev0]
     rho_p = float(np.mean((sw2.tg_ray[..., lev0] * sw2.path_r[..., lev0]
                            + tga * sw2.path_a[..., lev0])[ok]))

@@ -81,11 +81,35 @@ def gas_transmittance(optics: BandOptics, water_vapor, airmass, elevation_km=0.0
 @dataclass(frozen=True)
 class WaterVaporValue:
     value: float          # g cm-2
-    source: str           # "MOD"/"MYD"/... (daily), "AVG" (climatology) or "PARAMETER"
+    source: str           # "MOD"/"MYD"/... (daily), "AVG" (climatology), "PARAMETER",
+    #                       or "CLIMATOLOGY (…)" (standard atmosphere, WATER_VAPOR = NULL)
 
 
 _FILL = 9999.0
 _MAX_DIST_DEG = 1.5
+
+#: column water vapour (g cm⁻², sea level) of the AFGL standard atmospheres (McClatchey et al.
+#: 1972, as tabulated in 6S): tropical, midlatitude summer/winter, subarctic summer/winter
+STANDARD_ATMOSPHERE_WV = {"tropical": 4.12, "midlatitude summer": 2.93,
+                          "midlatitude winter": 0.85, "subarctic summer": 2.08,
+                          "subarctic winter": 0.42}
+#: scale height of water vapour (km) to move the column to the scene's elevation
+WATER_VAPOR_SCALE_HEIGHT_KM = 2.0
+
+
+def climatological_water_vapor(lat: float, month: int, elevation_km: float = 0.0) -> WaterVaporValue:
+    """Water vapour for WATER_VAPOR = NULL without DIR_WVPLUT (l2ps; FORCE uses 0): the column
+    of the standard atmosphere that 6S picks by latitude and season (|lat| < 15° tropical;
+    < 50° midlatitude, otherwise subarctic; summer = April–September in the north, October–
+    March in the south), reduced to the scene's mean elevation with a 2 km scale height."""
+    north_summer = 4 <= int(month) <= 9
+    summer = north_summer if lat >= 0 else not north_summer
+    if abs(lat) < 15.0:
+        name = "tropical"
+    else:
+        name = ("midlatitude " if abs(lat) < 50.0 else "subarctic ") + ("summer" if summer else "winter")
+    w = STANDARD_ATMOSPHERE_WV[name] * math.exp(-max(elevation_km, 0.0) / WATER_VAPOR_SCALE_HEIGHT_KM)
+    return WaterVaporValue(round(w, 3), f"CLIMATOLOGY ({name})")
 
 
 def _nearest(path: Path, lon: float, lat: float, daily: bool) -> tuple[float, str] | None:

@@ -91,12 +91,14 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
                     view_zenith: np.ndarray, view_azimuth: np.ndarray, levels: np.ndarray,
                     aod550: np.ndarray | float, aod_elevation: float, wv: np.ndarray | float,
                     ozone: np.ndarray | float, multi_scattering: bool = True,
-                    nstreams: int = 12) -> BandRT:
+                    nstreams: int = 12,
+                    aerosol_scale_height_km: float = AEROSOL_SCALE_HEIGHT_KM) -> BandRT:
     """RT terms of one band for every coarse cell (angles in degrees, NaN = nodata cell) and
     elevation level (km).
 
     ``aod550``: AOD at 550 nm of the column above ``aod_elevation`` (km), scalar or per cell;
-    at level z it is scaled by exp(−(z − aod_elevation)/2 km).  ``wv``: water vapour above the
+    at level z it is scaled by exp(−(z − aod_elevation)/H), H = ``aerosol_scale_height_km``
+    (2 km, or the scene's fit of spec 02 §3.7).  ``wv``: water vapour above the
     target (g cm⁻²), scalar (Landsat) or an array of nodes (per-pixel water vapour, S2).
     ``ozone``: atm-cm, scalar or per cell.
     """
@@ -110,7 +112,7 @@ def compute_band_rt(optics: BandOptics, sun_zenith: np.ndarray, sun_azimuth: np.
     levels = np.asarray(levels, dtype=np.float64)
     nlev = levels.size
     aod_cell = np.broadcast_to(np.asarray(aod550, dtype=np.float64), shape)
-    scale = np.exp(-(levels - aod_elevation) / AEROSOL_SCALE_HEIGHT_KM)        # (nlev,)
+    scale = np.exp(-(levels - aod_elevation) / aerosol_scale_height_km)        # (nlev,)
     tau_a = optics.tau_a_per_aod550 * aod_cell[..., None] * scale              # (ncy, ncx, nlev)
     tau_r = optics.tau_r0 * pressure_factor(levels)                           # (nlev,)
 

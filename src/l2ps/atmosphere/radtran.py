@@ -23,6 +23,7 @@ elevations in km, wavelengths in µm, angles in degrees unless a name says ``_ra
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -191,13 +192,19 @@ def rayleigh_moments(nmom: int, delta: float = RAYLEIGH_DEPOLARIZATION) -> np.nd
     return chi
 
 
+@lru_cache(maxsize=8)
+def _moment_quadrature(nmom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """400-point Gauss–Legendre nodes (as scattering angles, degrees), weights and Legendre
+    polynomials; cached (an eigenvalue problem of 400² per call otherwise)."""
+    x, w = np.polynomial.legendre.leggauss(400)
+    return np.degrees(np.arccos(x)), w, np.polynomial.legendre.legvander(x, nmom - 1)
+
+
 def phase_moments(angle_deg: np.ndarray, phase: np.ndarray, nmom: int) -> np.ndarray:
     """Legendre moments χ_l = ½∫P(cosψ)P_l(cosψ) dcosψ of a tabulated phase function (log-linear
     interpolation in angle; renormalised so that χ0 = 1)."""
-    x, w = np.polynomial.legendre.leggauss(400)
-    psi = np.degrees(np.arccos(x))
+    psi, w, leg = _moment_quadrature(nmom)                     # leg: (400, nmom)
     p = np.exp(np.interp(psi, angle_deg, np.log(phase)))
-    leg = np.polynomial.legendre.legvander(x, nmom - 1)       # (400, nmom)
     chi = 0.5 * (w * p) @ leg
     return chi / chi[0]
 
