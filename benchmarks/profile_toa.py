@@ -15,7 +15,10 @@ reading JPEG 2000 (≈ 6.5 s per 10 m band on 2 threads, DESIGN.md): the S2 "rea
 here is the floor without JP2 decoding.
 
 Per-stage peak RSS comes from a sampler thread (/proc/self/statm every 10 ms) reset at
-each stage; ``peak_rss_mb`` of the whole run from getrusage.
+each stage; ``peak_rss_mb`` of the whole run from getrusage. ``substages``: wall, CPU and
+peak RSS of the main cloud and cube functions (wrapped for the run). ``write_cube`` is
+called with ``consume=True`` (the recommended pipeline call; PROFILE_CONSUME=0: without).
+The machine is shared: compare CPU seconds; run it under ``nice``.
 
     nice .venv/bin/python benchmarks/profile_toa.py LND08 SEN2A [--label after]
 
@@ -56,6 +59,7 @@ class RssSampler:
         self.dt = dt
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.peak = 0
+        self.marks: dict = {}
         self._stop = False
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -69,7 +73,17 @@ class RssSampler:
             r = self.rss()
             if r > self.peak:
                 self.peak = r
+            for k, v in list(self.marks.items()):
+                if r > v:
+                    self.marks[k] = r
             time.sleep(self.dt)
+
+    def mark(self, key) -> None:
+        """Start tracking the peak under ``key`` (independent of ``reset``)."""
+        self.marks[key] = self.rss()
+
+    def unmark(self, key) -> int:
+        return max(self.marks.pop(key, 0), self.rss())
 
     def reset(self) -> None:
         self.peak = self.rss()
@@ -234,7 +248,6 @@ def full_level1(sensor: str):
 
 def _make_dn(spec, grid, bands, small) -> None:
     """Write the DN rasters of ``bands`` (domain → Band with its full-size grid)."""
-    import math
     import numpy as np
     rng = np.random.default_rng(SEED)
     s2 = spec.mission == "sentinel2"
@@ -275,7 +288,6 @@ def _make_dn(spec, grid, bands, small) -> None:
         dn[~v] = 0
         _write_gtiff(b.path, dn, b.grid)
         del dn
-    del math
 
 
 # ============================================================================ run
@@ -300,6 +312,7 @@ def parameters(out: Path):
 
 
 _SUB: dict[str, list[float]] = {}
+SAMPLER: "RssSampler | None" = None
 
 
 def _timed(mod, name: str, label: str) -> None:
@@ -307,14 +320,19 @@ def _timed(mod, name: str, label: str) -> None:
     fn = getattr(mod, name)
 
     def wrapper(*a, **k):
+        key = object()
+        if SAMPLER is not None:
+            SAMPLER.mark(key)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             return fn(*a, **k)
         finally:
-            acc = _SUB.setdefault(label, [0.0, 0.0, 0])
+            acc = _SUB.setdefault(label, [0.0, 0.0, 0, 0])
             acc[0] += time.perf_counter() - t0
             acc[1] += time.process_time() - c0
             acc[2] += 1
+            if SAMPLER is not None:
+                acc[3] = max(acc[3], SAMPLER.unmark(key))
     setattr(mod, name, wrapper)
 
 
@@ -332,13 +350,22 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
     _timed(cube_formats, "write_window", "cube.write_window")
     _timed(cube_formats, "write_tile", "cube.write_tile")
     _timed(cube_write, "_data_window", "cube.data_window")
+    from l2ps.clouds import detect as cdet
+    for fn in ("shadow_probability", "shadow_matching", "finalize", "cloud_probability",
+               "cloud_parallax", "split_objects", "grow_clouds", "label8",
+               "remove_small_objects", "buffer_disk", "smoothed_broadnir"):
+        _timed(cdet, fn, f"clouds.{fn}")
+    from l2ps.clouds import potential as cpot
+    _timed(cpot, "potential_cloud", "clouds.potential_cloud")
+    from l2ps.cube import warp as cwarp
+    _timed(cwarp, "resync_nodata", "cube.resync")
     level1 = full_level1(sensor)
     out = ROOT / f"run-{sensor}"
     shutil.rmtree(out / "cube", ignore_errors=True)
     params = parameters(out)
-    sampler = RssSampler()
+    global SAMPLER
+    sampler = SAMPLER = RssSampler()
     timer = Timer(sampler)
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t_all = time.perf_counter()
     c_all = time.process_time()
     res: dict = {"sensor": sensor, "nthread": NTHREAD, "consume": CONSUME, "grid": {"nx": level1.grid.nx,
@@ -370,13 +397,13 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
     res["total_seconds"] = round(time.perf_counter() - t_all, 2)
     res["total_cpu_seconds"] = round(time.process_time() - c_all, 2)
     res["stages"] = timer.stages
-    res["cube_substages"] = {k: {"seconds": round(v[0], 2), "cpu_seconds": round(v[1], 2),
-                                 "calls": v[2]} for k, v in _SUB.items()}
+    res["substages"] = {k: {"seconds": round(v[0], 2), "cpu_seconds": round(v[1], 2),
+                            "calls": v[2], "peak_rss_mb": round(v[3] / 2**20, 1)}
+                        for k, v in _SUB.items()}
     ru = resource.getrusage(resource.RUSAGE_SELF)
     res["peak_rss_mb"] = round(ru.ru_maxrss / 1024, 1)
     res["load_avg"] = os.getloadavg()
     sampler.stop()
-    del ru0
     return res
 
 

@@ -112,16 +112,11 @@ def prepare_scene(level1: Level1, params: Parameters, timer: StageTimer | None =
         update_qai(qai, geometry, grid)
     with timer("toa"):
         toa: dict[str, np.ndarray] = {}
-        cos_sun_cache: dict[Grid, np.ndarray] = {}
         for domain in list(dn):
             band = level1.bands[domain]
-            cos_sun = None
-            if spec.mission == "landsat" and not band.thermal:
-                if band.grid not in cos_sun_cache:
-                    cos_sun_cache[band.grid] = geometry.cos_sun_zenith(band.grid)
-                cos_sun = cos_sun_cache[band.grid]
-            toa[domain] = toa_reflectance(dn.pop(domain), band, cos_sun, spec)
-        del cos_sun_cache
+            # Landsat reflective bands: cos θs per pixel, computed per row block inside
+            geo = geometry if spec.mission == "landsat" and not band.thermal else None
+            toa[domain] = toa_reflectance(dn.pop(domain), band, None, spec, geometry=geo)
         apply_toa_nodata(toa, qai, spec)
     scene = Scene(level1=level1, grid=grid, toa=toa,
                   grids={d: level1.bands[d].grid for d in toa}, qai=qai, geometry=geometry)
@@ -145,6 +140,7 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         clouds = detect_clouds(scene, params)
     for name, seconds in (clouds.stats.get("timings") or {}).items():
         timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
+    scene.extra.pop("cloud_objects", None)     # diagnostics only; a full-size int32 array
     fragments.append(clouds.log_fragment.strip())
     record = {"data_cover": round(clouds.data_cover, 2), "water_cover": round(clouds.water_cover, 2),
               "snow_cover": round(clouds.snow_cover, 2), "cloud_cover": round(clouds.cloud_cover, 2),
@@ -201,7 +197,8 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         result = write_cube(products, level1_id=level1.product_id, date=level1.date_string,
                             sensor=level1.sensor, params=params, origin=str(level1.source),
                             refsys_id=level1.refsys_id, acquired=level1.acquired,
-                            param_log=format_force_param(params), num_threads=nthreads)
+                            param_log=format_force_param(params), num_threads=nthreads,
+                            consume=True)
     fragments.append(f"{result.n_tiles:2d} product(s) written.")
     record.update({"tiles": list(result.tiles_written),
                    "files": [{"path": str(f.path), "mode": f.mode} for f in result.files],

@@ -99,7 +99,8 @@ def _s2_kernel(dn, offset, quant, out):
 
 
 def toa_reflectance(dn: np.ndarray, band: Band, cos_sun: np.ndarray | float | None,
-                    sensor_spec: SensorSpec) -> np.ndarray:
+                    sensor_spec: SensorSpec, *, geometry=None,
+                    block_rows: int = 1024) -> np.ndarray:
     """DN of one band → int16 TOA reflectance ×10000 (thermal: BT ×100 K); spec 01 §2.
 
     - Landsat reflective: ρ = (REFLECTANCE_ADD + REFLECTANCE_MULT·DN) / cos θs, with
@@ -109,6 +110,11 @@ def toa_reflectance(dn: np.ndarray, band: Band, cos_sun: np.ndarray | float | No
     - Landsat thermal: BT = K2 / ln(K1/L + 1) with L = gain·DN + offset; L ≤ 0 → 32767 (FORCE).
     - Sentinel-2: (DN + RADIO_ADD_OFFSET) / QUANTIFICATION_VALUE; ``cos_sun`` is unused.
     - DN 0 → −9999 everywhere; results above 32767 are clipped to 32767.
+
+    Landsat reflective bands may pass ``cos_sun=None`` and ``geometry`` (a
+    ``l2ps.geometry.Geometry``) instead: cos θs is then computed per block of
+    ``block_rows`` rows of ``band.grid`` (``geometry.cos_sun_zenith(band.grid, rows)``,
+    the same values as the full array) and no full-scene float32 array is made.
     """
     dn = np.asarray(dn)
     if dn.ndim != 2:
@@ -132,8 +138,19 @@ def toa_reflectance(dn: np.ndarray, band: Band, cos_sun: np.ndarray | float | No
     if cal.refl_mult is None or cal.refl_add is None:
         raise Level1Error(f"{band.path}: band {band.l1_name} lacks REFLECTANCE_MULT/ADD "
                           "(needed for DN→TOA)")
+    if cos_sun is None and geometry is not None:
+        if dn.shape != band.grid.shape:
+            raise ValueError(f"dn shape {dn.shape} != band grid {band.grid.shape} (block-wise "
+                             "cos_sun needs the whole band)")
+        mult, add = np.float32(cal.refl_mult), np.float32(cal.refl_add)
+        cirrus = band.domain == "CIRRUS"
+        for r0 in range(0, dn.shape[0], max(int(block_rows), 1)):
+            rows = slice(r0, min(r0 + max(int(block_rows), 1), dn.shape[0]))
+            cs = geometry.cos_sun_zenith(band.grid, rows)
+            _landsat_refl_kernel(dn[rows], mult, add, cs, False, cirrus, out[rows])
+        return out
     if cos_sun is None:
-        raise ValueError("Landsat reflectance needs cos_sun (array or scalar)")
+        raise ValueError("Landsat reflectance needs cos_sun (array or scalar) or geometry")
     if np.ndim(cos_sun) == 0:
         cs = np.full((1, 1), cos_sun, dtype=np.float32)
         scalar = True

@@ -294,12 +294,12 @@ def _priority_fill(img, out, offset, nlev):
     """Priority flood (bucket queue over the integer levels): pixels are taken in order of
     non-decreasing fill level starting from the image border; an unvisited 8-neighbour gets
     max(level, its value). Each pixel is queued once (O(n)); ``out`` receives the fill.
-    ``offset``/``nlev``: level index = value + offset in 0..nlev−1."""
+    ``offset``/``nlev``: level index = value + offset in 0..nlev−1. The per-pixel link
+    array doubles as the visited mark (−2: not yet queued), 4 bytes per pixel in all."""
     ny, nx = img.shape
     n = ny * nx
-    nxt = np.empty(n, np.int32)
+    nxt = np.full(n, -2, np.int32)
     head = np.full(nlev, -1, np.int32)
-    done = np.zeros(n, np.uint8)
     lo = nlev
     for i in range(ny):
         for j in range(nx):
@@ -307,7 +307,6 @@ def _priority_fill(img, out, offset, nlev):
                 p = i * nx + j
                 v = np.int64(img[i, j]) + offset
                 out[i, j] = img[i, j]
-                done[p] = 1
                 nxt[p] = head[v]
                 head[v] = p
                 if v < lo:
@@ -327,9 +326,8 @@ def _priority_fill(img, out, offset, nlev):
                     if jj < 0 or jj >= nx:
                         continue
                     q = ii * nx + jj
-                    if done[q]:
+                    if nxt[q] != -2:
                         continue
-                    done[q] = 1
                     v = np.int64(img[ii, jj]) + offset
                     if v < lev:
                         v = lev
@@ -392,9 +390,26 @@ def remove_small_objects(mask: np.ndarray, labels: np.ndarray, n: int, nmin: int
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     small = ~keep
     small[0] = False
+    out = np.empty(labels.shape, np.int32)
+    if small.any() and mask.dtype == np.bool_ and mask.shape == labels.shape:
+        _relabel(np.ascontiguousarray(labels), lut, small, True, mask, out)
+        return out, int(keep.sum())
     if small.any():
         mask[small[labels]] = False
-    return lut[labels], int(keep.sum())
+    _relabel(np.ascontiguousarray(labels), lut, small, False, np.zeros((1, 1), np.bool_), out)
+    return out, int(keep.sum())
+
+
+@njit(cache=True, parallel=True)
+def _relabel(labels, lut, small, clear, mask, out):
+    """out = lut[labels]; if ``clear``: mask = False where the label is small."""
+    ny, nx = labels.shape
+    for i in prange(ny):
+        for j in range(nx):
+            lab = labels[i, j]
+            out[i, j] = lut[lab]
+            if clear and small[lab]:
+                mask[i, j] = False
 
 
 SPLIT_CORE = 0.5          # marker: pixels at ≥ this share of the object's largest inner distance

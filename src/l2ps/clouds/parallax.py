@@ -24,9 +24,14 @@ _SIGMA = 0.5
 @njit(cache=True, parallel=True)
 def _gauss_aggregate(b8, qai, k, off_coarse, out):
     """Mean over the k×k fine children of each coarse cell of the 5×5 Gaussian (σ = 0.5)
-    of B08, normalised by the weights of in-image, valid neighbours; valid children only."""
+    of B08, normalised by the weights of in-image, valid neighbours; valid children only.
+    The 25 weights are computed once (same values as per pixel)."""
     ny, nx = b8.shape
     cy, cx = out.shape
+    wtab = np.empty((5, 5), np.float64)
+    for di in range(-2, 3):
+        for dj in range(-2, 3):
+            wtab[di + 2, dj + 2] = math.exp(-(di * di + dj * dj) / (2.0 * 0.25))
     for ci in prange(cy):
         for cj in range(cx):
             if off_coarse[ci, cj] & 1:
@@ -52,7 +57,7 @@ def _gauss_aggregate(b8, qai, k, off_coarse, out):
                             jj = j + dj
                             if jj < 0 or jj >= nx or (qai[ii, jj] & 1):
                                 continue
-                            wt = math.exp(-(di * di + dj * dj) / (2.0 * 0.25))
+                            wt = wtab[di + 2, dj + 2]
                             s += wt * b8[ii, jj]
                             w += wt
                     if w > 0:
