@@ -253,7 +253,6 @@ def test_methods_beat_nearest_neighbour_on_synthetic_s2(s2_fine):
     assert merged["IMPROPHE"] == merged["REGRESSION"] == merged["STARFM"] > 0
 
 
-@pytest.mark.xfail(strict=False, reason="block-size dependence appeared once the 6S tables came into use (TOA is evaluated per strip chunk); being fixed with the synth speed work")
 def test_fine_texture_is_block_independent_and_optional(tmp_path):
     from l2ps.synth import make_sentinel2
     kw = dict(size=(120, 120), seed=2, clouds=False, fine_texture=1.0, truth_10m=True)

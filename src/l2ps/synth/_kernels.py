@@ -52,56 +52,6 @@ def _bilinear_nearest(values, row, col):
     return np.float32(t)
 
 
-@njit(cache=True, parallel=True)
-def cloud_alpha(xs, ys, z, vx, vy, height, cx, cy, a, b, ca, sa, kind,
-                e0, e0_x0, e0_y0, e0_step, e1, e1_x0, e1_y0, e1_step, r_skip, out):
-    """Coverage α of one cloud on a window (rows ys × columns xs, float64 map coordinates;
-    z, vx, vy float32 of the window's shape) into ``out`` (float32).
-
-    The line of sight of pixel q meets the cloud layer (altitude ``height``) over the ground
-    point g = q + max(height − z, 0)·v; r = elliptic radius of g about the centre (cx, cy)
-    (semi-axes a, b, rotation ca/sa) + 0.22·edge0(g) + 0.08·edge1(g) (edge lattices, bilinear);
-    α = clip((1 − r)/w, 0, 1)·k by kind (opaque w 0.25 k 1; thin 0.5, 0.45; cirrus 0.6, 0.35).
-    Pixels whose elliptic radius alone is ≥ ``r_skip`` (≥ 1 + the largest possible edge term)
-    have α = 0 without evaluating the lattices. Returns the number of pixels with α > 0.
-    """
-    ny = ys.shape[0]
-    nx = xs.shape[0]
-    h32 = np.float32(height)
-    count = np.zeros(ny, np.int64)
-    for i in prange(ny):
-        n = 0
-        for j in range(nx):
-            dh = h32 - z[i, j]
-            if dh < 0:
-                dh = np.float32(0.0)
-            gx = xs[j] + float(dh * vx[i, j])
-            gy = ys[i] + float(dh * vy[i, j])
-            dx = gx - cx
-            dy = gy - cy
-            u = (dx * ca + dy * sa) / a
-            v = (-dx * sa + dy * ca) / b
-            r = math.sqrt(u * u + v * v)
-            if r >= r_skip:
-                out[i, j] = 0.0
-                continue
-            p0 = _bilinear_nearest(e0, (e0_y0 - gy) / e0_step, (gx - e0_x0) / e0_step)
-            p1 = _bilinear_nearest(e1, (e1_y0 - gy) / e1_step, (gx - e1_x0) / e1_step)
-            edge = np.float32(np.float32(0.22) * p0) + np.float32(np.float32(0.08) * p1)
-            r = r + float(edge)
-            if kind == 0:
-                al = min(max((1.0 - r) / 0.25, 0.0), 1.0)
-            elif kind == 1:
-                al = 0.45 * min(max((1.0 - r) / 0.5, 0.0), 1.0)
-            else:
-                al = 0.35 * min(max((1.0 - r) / 0.6, 0.0), 1.0)
-            out[i, j] = np.float32(al)
-            if al > 0:
-                n += 1
-        count[i] = n
-    return count.sum()
-
-
 @njit(cache=True, inline="always")
 def _locate1(x, nodes):
     """``l2ps.synth.sixs._locate`` for one float32 value: (lower node index, float32 weight)."""
@@ -123,7 +73,7 @@ def _locate1(x, nodes):
 @njit(cache=True, parallel=True)
 def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k_abs,
                 fdir, shade, cos_i_pos, mus, skyview, env, aod, wv, elev,
-                chunk, scat, gas, aod_nodes, elev_nodes, wv_nodes, tg_floor,
+                row0, tile, tr0, nct, scat, gas, aod_nodes, elev_nodes, wv_nodes, tg_floor,
                 rho_out, toa_out):
     """Surface and 6S TOA reflectance of one band for a block (all float32, row-major).
 
@@ -133,9 +83,10 @@ def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k
       texture (``fine_w.shape[0] > 0``) ρ·(1 − w·k_wet)·(1 + a·k_abs);
     * the illumination of ``Scene.toa_band``: I = fdir·shade·max(cos i, 0)/μs + (1 − fdir)·V;
     * ``BandTermsGrid.toa(ρ·I, env, aod, wv, elev)`` of ``l2ps.synth.sixs`` with the terms of
-      column chunk ``j // chunk`` (``scat[c]``: (n_aod, n_elev, 5), ``gas[c]``: (n_wv, n_elev,
-      3)): bilinear interpolation, path coupling and ρ_TOA = tg·[path + t_down·(t_up_dir·ρ +
-      t_up_dif·ρ_env)/(1 − s·ρ_env)].
+      the geometry tile of the pixel (``tile``² pixels; block row i is grid row row0 + i; tile
+      index ((row0 + i)//tile − tr0)·nct + j//tile; ``scat[c]``: (n_aod, n_elev, 5),
+      ``gas[c]``: (n_wv, n_elev, 3)): bilinear interpolation, path coupling and
+      ρ_TOA = tg·[path + t_down·(t_up_dir·ρ + t_up_dif·ρ_env)/(1 − s·ρ_env)].
     """
     ny, nx = cls.shape
     one = np.float32(1.0)
@@ -154,7 +105,7 @@ def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k
             ill = np.float32(ill + np.float32(np.float32(one - fd) * skyview[i, j]))
             rho_out[i, j] = rho
             rs = np.float32(rho * ill)
-            c = j // chunk
+            c = ((row0 + i) // tile - tr0) * nct + j // tile
             ia, wa = _locate1(aod[i, j], aod_nodes)
             iz, wz = _locate1(elev[i, j], elev_nodes)
             iw, ww = _locate1(wv[i, j], wv_nodes)
@@ -175,7 +126,8 @@ def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k
                 t = np.float32(t + np.float32(scat[c, ia1, iz, k] * w10))
                 t = np.float32(t + np.float32(scat[c, ia, iz1, k] * w01))
                 sc[k] = np.float32(t + np.float32(scat[c, ia1, iz1, k] * w11))
-            ray = np.float32(np.float32(scat[c, 0, iz, 0] * wz0) + np.float32(scat[c, 0, iz1, 0] * wz))
+            ray = np.float32(np.float32(scat[c, 0, iz, 0] * wz0)
+                             + np.float32(scat[c, 0, iz1, 0] * wz))
             g00 = np.float32(ww0 * wz0)
             g10 = np.float32(ww * wz0)
             g01 = np.float32(ww0 * wz)
@@ -194,3 +146,100 @@ def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k
             surf = np.float32(sc[1] * np.float32(np.float32(sc[2] * rs) + np.float32(sc[3] * e)))
             surf = np.float32(surf / np.float32(one - np.float32(sc[4] * e)))
             toa_out[i, j] = np.float32(tg * np.float32(pe + surf))
+
+
+@njit(cache=True)
+def cell_maxabs(values):
+    """Largest |value| of the 2×2 nodes of each lattice cell (bound of the bilinear field)."""
+    ny, nx = values.shape
+    out = np.empty((max(ny - 1, 1), max(nx - 1, 1)), np.float32)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            i1, j1 = min(i + 1, ny - 1), min(j + 1, nx - 1)
+            out[i, j] = max(abs(values[i, j]), abs(values[i1, j]), abs(values[i, j1]),
+                            abs(values[i1, j1]))
+    return out
+
+
+@njit(cache=True, inline="always")
+def _cell_bound(mx, row, col):
+    """Bound of |bilinear field| at a point (fractional node coordinates, clamped)."""
+    ny, nx = mx.shape
+    i = int(math.floor(min(max(row, 0.0), float(ny))))
+    j = int(math.floor(min(max(col, 0.0), float(nx))))
+    return mx[min(i, ny - 1), min(j, nx - 1)]
+
+
+@njit(cache=True, parallel=True)
+def cloud_alphas(xs, ys, z, vx, vy, params, kinds, windows, offsets,
+                 e0, e0_x0, e0_y0, e0_step, e1, e1_x0, e1_y0, e1_step, r_skip, out,
+                 m0, m1):
+    """:func:`cloud_alpha` for many clouds in one parallel launch. Cloud k: ``params[k]`` =
+    (height, cx, cy, a, b, ca, sa), ``kinds[k]``, window rows ``windows[k, 0]:windows[k, 1]``
+    × columns ``windows[k, 2]:windows[k, 3]`` of the block arrays (xs, ys, z, vx, vy); its α
+    goes row-major to ``out[offsets[k]:offsets[k + 1]]``. Returns the count of α > 0 per
+    cloud."""
+    nc = params.shape[0]
+    nrows = 0
+    for k in range(nc):
+        nrows += windows[k, 1] - windows[k, 0]
+    row_cloud = np.empty(nrows, np.int64)
+    row_i = np.empty(nrows, np.int64)
+    m = 0
+    for k in range(nc):
+        for i in range(windows[k, 0], windows[k, 1]):
+            row_cloud[m] = k
+            row_i[m] = i
+            m += 1
+    counts = np.zeros(nrows, np.int64)
+    for q in prange(nrows):
+        k = row_cloud[q]
+        i = row_i[q]
+        height, cx, cy, a, b, ca, sa = (params[k, 0], params[k, 1], params[k, 2], params[k, 3],
+                                        params[k, 4], params[k, 5], params[k, 6])
+        kind = kinds[k]
+        h32 = np.float32(height)
+        c0 = windows[k, 2]
+        w = windows[k, 3] - c0
+        base = offsets[k] + (i - windows[k, 0]) * w
+        n = 0
+        for jj in range(w):
+            j = c0 + jj
+            dh = h32 - z[i, j]
+            if dh < 0:
+                dh = np.float32(0.0)
+            gx = xs[j] + float(dh * vx[i, j])
+            gy = ys[i] + float(dh * vy[i, j])
+            dx = gx - cx
+            dy = gy - cy
+            u = (dx * ca + dy * sa) / a
+            v = (-dx * sa + dy * ca) / b
+            r = math.sqrt(u * u + v * v)
+            if r >= r_skip:
+                out[base + jj] = 0.0
+                continue
+            y0r, x0c = (e0_y0 - gy) / e0_step, (gx - e0_x0) / e0_step
+            y1r, x1c = (e1_y0 - gy) / e1_step, (gx - e1_x0) / e1_step
+            # local bound of the edge terms (largest |node| of the cells): r ≥ 1 → α = 0
+            bound = 0.22 * _cell_bound(m0, y0r, x0c) + 0.08 * _cell_bound(m1, y1r, x1c)
+            if r >= 1.0 + bound * 1.001 + 1e-6:
+                out[base + jj] = 0.0
+                continue
+            p0 = _bilinear_nearest(e0, y0r, x0c)
+            p1 = _bilinear_nearest(e1, y1r, x1c)
+            edge = np.float32(np.float32(0.22) * p0) + np.float32(np.float32(0.08) * p1)
+            r = r + float(edge)
+            if kind == 0:
+                al = min(max((1.0 - r) / 0.25, 0.0), 1.0)
+            elif kind == 1:
+                al = 0.45 * min(max((1.0 - r) / 0.5, 0.0), 1.0)
+            else:
+                al = 0.35 * min(max((1.0 - r) / 0.6, 0.0), 1.0)
+            out[base + jj] = np.float32(al)
+            if al > 0:
+                n += 1
+        counts[q] = n
+    per_cloud = np.zeros(nc, np.int64)
+    for q in range(nrows):
+        per_cloud[row_cloud[q]] += counts[q]
+    return per_cloud

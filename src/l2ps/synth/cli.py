@@ -2,6 +2,7 @@
 
     l2ps synth landsat OUTDIR --sensor LND08 --size 400 --form tar --seed 1
     l2ps synth sentinel2 OUTDIR --sensor SEN2A --size 600 --form zip --baseline 04.00
+    l2ps synth sentinel2 OUTDIR --size 600 --fine-texture 1 --truth-10m --shift-m 12,-7
 """
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ def _size(text: str):
     if len(vals) != 2 or min(vals) <= 0:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected N, NxM or full")
     return tuple(vals)
+
+
+def _shift(text: str):
+    parts = text.replace(" ", "").split(",")
+    try:
+        vals = tuple(float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shift {text!r}: expected EAST,NORTH in metres") from None
+    if len(vals) != 2:
+        raise argparse.ArgumentTypeError(f"shift {text!r}: expected EAST,NORTH in metres")
+    return vals
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,6 +62,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--aod", type=float, default=0.15, help="AOD at 550 nm")
     p.add_argument("--water-vapor", type=float, default=1.5, help="g/cm2")
     p.add_argument("--relief", type=float, default=1.0, help="terrain relief scale (0 = flat)")
+    p.add_argument("--fine-texture", type=float, default=0.0,
+                   help="sentinel2: amplitude of the sub-20 m surface texture (0 = off)")
+    p.add_argument("--truth-10m", action="store_true",
+                   help="sentinel2: also write the 20/60 m bands' truth rendered at 10 m")
+    p.add_argument("--shift-m", type=_shift, default=None, metavar="EAST,NORTH",
+                   help="ground content displaced by (east, north) metres relative to the "
+                        "pixel grid (a misregistered product; truth.json content_shift_m)")
     p.set_defaults(func=run)
     return p
 
@@ -62,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
                   water_vapor=args.water_vapor, relief=args.relief)
     if args.size is not None:
         common["size"] = args.size
+    if args.kind == "landsat" and (args.fine_texture or args.truth_10m):
+        print("l2ps synth: --fine-texture and --truth-10m apply to sentinel2 only",
+              file=sys.stderr)
+        return 2
+    if args.shift_m is not None:
+        from .coreg import make_shifted_landsat, make_shifted_sentinel2
+        shift = args.shift_m
+        make_landsat = lambda out, **kw: make_shifted_landsat(out, shift, **kw)  # noqa: E731
+        make_sentinel2 = lambda out, **kw: make_shifted_sentinel2(out, shift, **kw)  # noqa: E731
     try:
         if args.kind == "landsat":
             kw = dict(sensor=args.sensor or "LND08", path=args.path, row=args.row)
@@ -72,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             prod = make_sentinel2(args.out_dir, sensor=args.sensor or "SEN2A",
                                   form=args.form or "safe", baseline=args.baseline,
-                                  tile=args.tile, **common)
+                                  tile=args.tile, fine_texture=args.fine_texture,
+                                  truth_10m=args.truth_10m, **common)
     except (ValueError, KeyError) as e:
         print(f"l2ps synth: {e}", file=sys.stderr)
         return 2

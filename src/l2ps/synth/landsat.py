@@ -27,7 +27,8 @@ from ..grid import Grid
 from ..level1.sensors import sensor_spec
 from . import spectra
 from .scene import (CLOUD_CIRRUS, CLOUD_OPAQUE, CLOUD_THIN, Geometry, Scene, SceneOptions,
-                    SynthProduct, TruthWriter, atmosphere_name, earth_sun_distance, grid_north,
+                    SynthProduct, TruthWriter, WriteQueue, atmosphere_name, earth_sun_distance,
+                    grid_north,
                     refl_int16, sun_position)
 
 # ------------------------------------------------------------------------------ constants
@@ -295,19 +296,23 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
         ds.update_tags(AREA_OR_POINT="Point")
         return ds
 
-    dsets = {name: _open(band_file[name], pan_grid if r == 15 else grid, dtype, 0)
+    queue = WriteQueue(threaded=nx * ny > 1_000_000)
+    dsets = {name: queue.proxy(_open(band_file[name], pan_grid if r == 15 else grid, dtype, 0))
              for name, r, _t in files}
-    ds_qa = _open(qa_name, grid, "uint16", None)
-    ds_rs = _open(radsat_name, grid, "uint16", None) if collection == 2 else None
-    truth = TruthWriter(truth_dir, grid, epsg)
+    ds_qa = queue.proxy(_open(qa_name, grid, "uint16", None))
+    ds_rs = queue.proxy(_open(radsat_name, grid, "uint16", None)) if collection == 2 else None
+    truth = TruthWriter(truth_dir, grid, epsg, queue)
     refl_names = [b.l1_name for b in spec.bands if not b.thermal]
     doms = scene.doms
     therm = [(name) for name, _r, t in files if t]
     counts = {"pixels": 0, "cloud": np.zeros(4, np.int64), "shadow": 0, "snow": 0, "water": 0,
               "saturated": 0, "cover": np.zeros(len(spectra.COVERS) + 1, np.int64)}
-    strip = block_rows or (256 if nx * ny <= 4_000_000 else 512)
+    # rows per strip: ~2.5 M pixels per strip bound the memory (≈ 1.5 GB for a full scene)
+    strip = block_rows or (256 if nx * ny <= 4_000_000 else 320)
     half_w, half_l = wc / 2, la / 2
     period = 16 * res
+    gdal_env = queue.env()
+    gdal_env.__enter__()
     try:
         for r0 in range(0, ny, strip):
             n = min(strip, ny - r0)
@@ -412,13 +417,18 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
             counts["saturated"] += int(sat_any.sum())
             counts["cover"] += np.bincount((blk["cls"][inside] + 1).ravel(),
                                            minlength=len(spectra.COVERS) + 1)
+            queue.end_strip()
     finally:
-        for ds in dsets.values():
-            ds.close()
-        ds_qa.close()
-        if ds_rs is not None:
-            ds_rs.close()
-        truth.close()
+        try:
+            queue.close()
+        finally:
+            for ds in dsets.values():
+                ds.close()
+            ds_qa.close()
+            if ds_rs is not None:
+                ds_rs.close()
+            truth.close()
+            gdal_env.__exit__(None, None, None)
 
     npx = max(counts["pixels"], 1)
     cloud_cover = 100.0 * (counts["cloud"][1] + counts["cloud"][2]) / npx

@@ -184,7 +184,7 @@ def _substream(seed: int, name: str) -> np.random.Generator:
 # --------------------------------------------------------------------------------------------
 
 _SIXS_STATE: dict = {}
-SIXS_CHUNK = 128   # columns per 6S geometry
+SIXS_CHUNK = 128   # pixels per 6S geometry: surface_to_toa column chunks; Scene tiles of 128²
 
 
 def sixs_tables():
@@ -474,6 +474,22 @@ class SceneOptions:
     fine_texture: float = 0.0        # sub-20 m surface texture amplitude (0 = off; see covers)
 
 
+def _win_size(win) -> int:
+    rs, cs = win
+    return (rs.stop - rs.start) * (cs.stop - cs.start)
+
+
+class CloudCover(tuple):
+    """(cloud, window, α) of one cloud on a block: α > 0 only inside ``window`` (the bounding
+    box of its coverage); ``full`` is the search window the coverage was evaluated on (the
+    thermal mixing applies to all of it, as it always has)."""
+
+    def __new__(cls, cloud, window, alpha, full):
+        self = super().__new__(cls, (cloud, window, alpha))
+        self.full = full
+        return self
+
+
 class Scene:
     """A synthetic scene on ``geometry.grid`` (the product's finest grid)."""
 
@@ -737,43 +753,73 @@ class Scene:
         m1 = float(np.abs(self.lat_edge[1].values).max())
         return 1.0 + (0.22 * m0 + 0.08 * m1) * 1.001 + 1e-6
 
+    def _edge_bounds(self):
+        """Per-cell largest |node| of the two edge lattices (cached)."""
+        if getattr(self, "_edge_mx", None) is None:
+            from ._kernels import cell_maxabs
+            self._edge_mx = tuple(cell_maxabs(lat.values) for lat in self.lat_edge)
+        return self._edge_mx
+
     def cloud_alphas(self, xs, ys, z, vx, vy, scale=None):
         """Per-cloud coverage α (list of (cloud, window, α)) for a line of sight with horizontal
         tan-components (vx, vy) per pixel (toward the sensor or the sun).
 
         α is :func:`_cloud_alpha` of :meth:`_cloud_r` at the displaced ground points, computed
-        by the numba kernel :func:`l2ps.synth._kernels.cloud_alpha` (same numbers)."""
-        from ._kernels import KIND_CODE, cloud_alpha
-        out = []
+        by the numba kernel :func:`l2ps.synth._kernels.cloud_alphas` (same numbers)."""
+        from ._kernels import KIND_CODE, cloud_alphas
         vmax = float(np.max(np.hypot(vx, vy))) if np.size(vx) else 0.0
         zmin = float(z.min())
         e0, e1 = self.lat_edge
-        skip = self._edge_skip()
         vx = np.broadcast_to(np.asarray(vx, np.float32), z.shape)
         vy = np.broadcast_to(np.asarray(vy, np.float32), z.shape)
+        z = np.asarray(z, np.float32)
+        todo = []
         for c in self.clouds:
             win = self._window(c, xs, ys, (c.height - zmin) * vmax + 200.0)
-            if win is None:
-                continue
-            rs, cs = win
-            alpha = np.empty((rs.stop - rs.start, cs.stop - cs.start), np.float32)
-            a = c.radius
-            b = c.radius * c.elongation
-            ca, sa = math.cos(math.radians(c.angle)), math.sin(math.radians(c.angle))
-            n = cloud_alpha(np.ascontiguousarray(xs[cs], np.float64),
-                            np.ascontiguousarray(ys[rs], np.float64),
-                            np.ascontiguousarray(z[rs, cs]), np.ascontiguousarray(vx[rs, cs]),
-                            np.ascontiguousarray(vy[rs, cs]), float(c.height), float(c.x),
-                            float(c.y), float(a), float(b), ca, sa, KIND_CODE[c.kind],
-                            e0.values, float(e0.x0), float(e0.y0), e0.spacing,
-                            e1.values, float(e1.x0), float(e1.y0), e1.spacing, skip, alpha)
-            if n:
-                out.append((c, win, alpha))
+            if win is not None:
+                todo.append((c, win))
+        out = []
+        xs64, ys64 = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+        skip = self._edge_skip()
+        # clouds in batches of at most ~16 M window pixels (bounded scratch memory)
+        k0 = 0
+        while k0 < len(todo):
+            k1, total = k0, 0
+            while k1 < len(todo) and (k1 == k0 or total + _win_size(todo[k1][1]) <= 2 ** 24):
+                total += _win_size(todo[k1][1])
+                k1 += 1
+            batch = todo[k0:k1]
+            k0 = k1
+            params = np.array([(c.height, c.x, c.y, c.radius, c.radius * c.elongation,
+                                math.cos(math.radians(c.angle)), math.sin(math.radians(c.angle)))
+                               for c, _w in batch], np.float64)
+            kinds = np.array([KIND_CODE[c.kind] for c, _w in batch], np.int64)
+            windows = np.array([(rs.start, rs.stop, cs.start, cs.stop)
+                                for _c, (rs, cs) in batch], np.int64)
+            sizes = (windows[:, 1] - windows[:, 0]) * (windows[:, 3] - windows[:, 2])
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            flat = np.empty(int(offsets[-1]), np.float32)
+            counts = cloud_alphas(xs64, ys64, z, vx, vy, params, kinds, windows, offsets,
+                                  e0.values, float(e0.x0), float(e0.y0), e0.spacing,
+                                  e1.values, float(e1.x0), float(e1.y0), e1.spacing, skip, flat,
+                                  *self._edge_bounds())
+            for k, (c, (rs, cs)) in enumerate(batch):
+                if not counts[k]:
+                    continue
+                alpha = flat[offsets[k]:offsets[k + 1]].reshape(rs.stop - rs.start,
+                                                               cs.stop - cs.start)
+                # keep the bounding box of α > 0 only (α is 0 elsewhere in the window)
+                rows = np.nonzero(alpha.any(axis=1))[0]
+                cols = np.nonzero(alpha.any(axis=0))[0]
+                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                tight = (slice(rs.start + r0, rs.start + r1), slice(cs.start + c0, cs.start + c1))
+                out.append(CloudCover(c, tight, alpha[r0:r1, c0:c1].copy(), (rs, cs)))
         return out
 
     # ------------------------------------------------------------------ a block
     def block(self, row0: int, nrows: int) -> dict:
         """Common fields of rows [row0, row0+nrows) of the grid (all columns)."""
+        self._mix_key = self._mix = self._mix_alphas = None   # caches of the previous block
         g = self.grid
         rows = np.arange(row0, row0 + nrows)
         cols = np.arange(g.nx)
@@ -868,24 +914,48 @@ class Scene:
         np.divide(direct, total, out=direct)
         return direct
 
-    def _sixs_chunks(self, blk: dict, dom: str, tables):
-        """Per column chunk (SIXS_CHUNK columns) the 6S terms of ``dom`` at the chunk's mean
-        geometry, as :func:`surface_to_toa` takes them: (scattering (n, n_aod, n_elev, 5),
-        gas (n, n_wv, n_elev, 3), grids)."""
-        ax = tables.axes
-        geo = blk["_cache"].get("chunk_geometry")
+    def _sixs_tiles(self, blk: dict, dom: str, tables):
+        """6S terms of ``dom`` per geometry tile (SIXS_CHUNK² pixels of the grid, fixed in the
+        grid so that a block renders the same whatever its rows): the terms at the sun and
+        view angles of the tile's centre. Returns (scattering (n, n_aod, n_elev, 5), gas
+        (n, n_wv, n_elev, 3), BandTermsGrids, (tr0, tr1, nct)) with tiles row-major over
+        tile rows tr0..tr1 and nct tile columns."""
+        cache = blk["_cache"]
+        geo = cache.get("tile_geometry")
+        T = SIXS_CHUNK
+        g = self.grid
+        r0, n = int(blk["row0"]), len(blk["rows"])
+        tr0, tr1 = r0 // T, (r0 + n - 1) // T
+        nct = -(-g.nx // T)
         if geo is None:
-            geo = []
-            for c0 in range(0, blk["sza"].shape[-1], SIXS_CHUNK):
-                sl = (..., slice(c0, c0 + SIXS_CHUNK))
-                geo.append((float(np.clip(blk["sza"][sl].mean(), ax["sza"][0], ax["sza"][-1])),
-                            float(np.clip(blk["vza"][sl].mean(), ax["vza"][0], ax["vza"][-1])),
-                            float(blk["_cache"]["raa"][sl].mean())))
-            blk["_cache"]["chunk_geometry"] = geo
-        grids = [tables.terms_grid(self.sensor, dom, *g) for g in geo]
-        scat = np.ascontiguousarray(np.stack([g.scattering for g in grids]), np.float32)
-        gas = np.ascontiguousarray(np.stack([g.gas for g in grids]), np.float32)
-        return scat, gas, grids
+            ax = tables.axes
+            shift = self.opt.shift_m if self.opt.shift_m is not None else CONTENT_SHIFT_M.get()
+            rc = np.arange(tr0, tr1 + 1) * T + (T - 1) / 2.0
+            cc = np.arange(nct) * T + (T - 1) / 2.0
+            xs = g.x0 + (cc + 0.5) * g.dx - float(shift[0])
+            ys = g.y0 - (rc + 0.5) * g.dy - float(shift[1])
+            sza, saa = self.geo.sun_grid(xs, ys)
+            vza, vaa = self.geo.view_angles(xs[None, :], ys[:, None])
+            raa = np.abs((saa - vaa + 180.0) % 360.0 - 180.0)
+            sza = np.clip(sza, ax["sza"][0], ax["sza"][-1])
+            vza = np.clip(vza, ax["vza"][0], ax["vza"][-1])
+            geo = [(float(a), float(b), float(c)) for a, b, c in
+                   zip(sza.ravel(), vza.ravel(), raa.ravel())]
+            cache["tile_geometry"] = geo
+        grids = [tables.terms_grid(self.sensor, dom, *t) for t in geo]
+        scat = np.ascontiguousarray(np.stack([t.scattering for t in grids]), np.float32)
+        gas = np.ascontiguousarray(np.stack([t.gas for t in grids]), np.float32)
+        return scat, gas, grids, (tr0, tr1, nct)
+
+    def _tile_slices(self, blk: dict, layout):
+        """(tile index, block rows slice, columns slice) of every geometry tile in a block."""
+        tr0, tr1, nct = layout
+        T = SIXS_CHUNK
+        r0, n = int(blk["row0"]), len(blk["rows"])
+        for tr in range(tr0, tr1 + 1):
+            rs = slice(max(tr * T, r0) - r0, min((tr + 1) * T, r0 + n) - r0)
+            for tc in range(nct):
+                yield (tr - tr0) * nct + tc, rs, slice(tc * T, (tc + 1) * T)
 
     def toa_band(self, blk: dict, band_idx: int, alphas) -> tuple[np.ndarray, np.ndarray]:
         """(surface reflectance, TOA reflectance) of a reflective band for a block.
@@ -910,7 +980,7 @@ class Scene:
                          elev_c=clip(np.asarray(cache["z_km"], dtype=f32), "elev"))
         env = np.ascontiguousarray(self.env(band_idx, blk["xs"], blk["ys"]), f32)
         fdir = self._direct_fraction(wl, cache, blk["aod"])
-        scat, gas, grids = self._sixs_chunks(blk, dom, tables)
+        scat, gas, grids, layout = self._sixs_tiles(blk, dom, tables)
         fine = blk.get("fine")
         if fine is not None:
             k_wet = f32(0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0))
@@ -929,24 +999,33 @@ class Scene:
         order = cache["rho_order"]
         rho = np.empty(blk["z"].shape, f32, order=order)
         toa = np.empty(blk["z"].shape, f32)
-        c = lambda a: np.ascontiguousarray(a, f32)  # noqa: E731
-        surface_toa(np.ascontiguousarray(blk["cls"]), c(blk["veg"]), c(blk["bright"]),
+        if "contig" not in cache:    # row-major copies of the kernel inputs, once per block
+            cache["contig"] = {k: np.ascontiguousarray(v, f32) for k, v in (
+                ("veg", blk["veg"]), ("bright", blk["bright"]), ("shade", blk["shade"]),
+                ("cos_i_pos", cache["cos_i_pos"]), ("mus", cache["mus"]),
+                ("skyview", blk["skyview"]))}
+            cache["contig"]["cls"] = np.ascontiguousarray(blk["cls"])
+        cc = cache["contig"]
+        c = lambda name: cc[name]  # noqa: E731
+        surface_toa(cc["cls"], c("veg"), c("bright"),
                     np.ascontiguousarray(self.cover_table[:, band_idx], f32),
-                    f32(self.veg_spec[band_idx]), fw, fa, k_wet, k_abs, fdir, c(blk["shade"]),
-                    c(cache["cos_i_pos"]), c(cache["mus"]), c(blk["skyview"]), env,
-                    cache["aod_c"], cache["wv_c"], cache["elev_c"], SIXS_CHUNK, scat, gas,
+                    f32(self.veg_spec[band_idx]), fw, fa, k_wet, k_abs, fdir, c("shade"),
+                    c("cos_i_pos"), c("mus"), c("skyview"), env,
+                    cache["aod_c"], cache["wv_c"], cache["elev_c"], int(blk["row0"]),
+                    SIXS_CHUNK, layout[0], layout[2], scat, gas,
                     ax["aod"].astype(f32), ax["elev"].astype(f32), ax["wv"].astype(f32),
                     f32(1e-6), rho, toa)
-        if not self._check_fast_toa(blk, band_idx, rho, toa, env, fdir, grids):
+        if not self._check_fast_toa(blk, band_idx, rho, toa, env, fdir, grids, layout):
             Scene.FAST_TOA = False
             return self.toa_band_reference(blk, band_idx, alphas)
         self._mix_clouds(toa, wl, alphas, cache["airmass"])
         return rho, toa
 
-    def _check_fast_toa(self, blk, band_idx, rho, toa, env, fdir, grids, nrows: int = 2) -> bool:
+    def _check_fast_toa(self, blk, band_idx, rho, toa, env, fdir, grids, layout,
+                        nrows: int = 2) -> bool:
         """The kernel's ρ and ρ_TOA on the first ``nrows`` rows equal the reference NumPy
-        expressions (``surface`` and ``BandTermsGrid.toa`` per chunk)."""
-        n = min(nrows, rho.shape[0])
+        expressions (``surface`` and ``BandTermsGrid.toa`` per geometry tile)."""
+        n = min(nrows, rho.shape[0], SIXS_CHUNK - int(blk["row0"]) % SIXS_CHUNK)
         sub = {k: (v[:n] if isinstance(v, np.ndarray) and v.shape[:1] == (rho.shape[0],)
                    and v.ndim == 2 else v) for k, v in blk.items()}
         fine = blk.get("fine")
@@ -958,29 +1037,35 @@ class Scene:
         illum = fdir[:n] * sub["shade"] * np.maximum(sub["cos_i"], 0) / cache["mus"][:n] \
             + (1 - fdir[:n]) * sub["skyview"]
         rs = ref_rho * illum
-        for k, g in enumerate(grids):
-            sl = (slice(0, n), slice(k * SIXS_CHUNK, (k + 1) * SIXS_CHUNK))
-            ref = g.toa(rs[:, sl[1]], env[sl], cache["aod_c"][sl], cache["wv_c"][sl],
-                        cache["elev_c"][sl])
+        for k, _rows, cols in self._tile_slices(blk, layout):
+            if k >= layout[2]:
+                break                                   # first tile row only
+            sl = (slice(0, n), cols)
+            ref = grids[k].toa(rs[sl], env[sl], cache["aod_c"][sl], cache["wv_c"][sl],
+                               cache["elev_c"][sl])
             if not np.array_equal(np.asarray(ref, np.float32), toa[sl]):
                 return False
         return True
 
     def _mix_clouds(self, toa, wl: float, alphas, airmass) -> None:
         """Clouds over the clear-sky TOA: (1 − α)·ρ_TOA + α·ρ_cloud·T_above (in place), only
-        where α > 0 (elsewhere the expression leaves ρ_TOA unchanged)."""
+        where α > 0 (elsewhere the expression leaves ρ_TOA unchanged); the pixels with α > 0
+        and their air mass are gathered once per list of clouds (shared by the bands)."""
+        key = id(alphas)
+        if getattr(self, "_mix_key", None) != key:
+            self._mix = []
+            for c, (rs, cs), a in alphas:
+                nz = a > 0
+                if nz.any():
+                    self._mix.append((c, rs, cs, nz, a[nz], airmass[rs, cs][nz]))
+            self._mix_key, self._mix_alphas = key, alphas   # keep alphas alive (id stays valid)
         wv = self.opt.water_vapor
-        for c, (rs, cs), a in alphas:
-            spec = "cirrus" if c.kind == "cirrus" else "cloud"
-            rc = spectra.reflectance(spec, wl) * c.brightness
-            nz = a > 0
-            if not nz.any():
-                continue
-            an = a[nz]
-            m = airmass[rs, cs][nz]
+        k = spectra.water_vapour_absorption(wl)
+        for c, rs, cs, nz, an, m in self._mix:
+            rc = spectra.reflectance("cirrus" if c.kind == "cirrus" else "cloud", wl) \
+                * c.brightness
             wv_above = wv * math.exp(-c.height / 2000.0)
             tau_r = 0.008569 * wl ** -4 * math.exp(-c.height / 8000.0)
-            k = spectra.water_vapour_absorption(wl)
             tr = (np.exp(-k * (wv_above * m) ** 0.6) * np.exp(-0.5 * tau_r * m)).astype(np.float32)
             sub = toa[rs, cs]
             sub[nz] = (1 - an) * sub[nz] + an * rc * tr
@@ -997,8 +1082,22 @@ class Scene:
         mus = np.cos(np.radians(blk["sza"]))
         illum = fdir * blk["shade"] * np.maximum(blk["cos_i"], 0) / mus + (1 - fdir) * blk["skyview"]
         raa = np.abs((blk["saa"] - blk["vaa"] + 180.0) % 360.0 - 180.0)
-        toa = surface_to_toa(self.sensor, dom, wl, rho * illum, env, blk["sza"], blk["vza"], raa,
-                             blk["aod"], blk["wv"], z_km)
+        tables = sixs_tables()
+        if tables is None:
+            toa = surface_to_toa(self.sensor, dom, wl, rho * illum, env, blk["sza"],
+                                 blk["vza"], raa, blk["aod"], blk["wv"], z_km)
+        else:       # 6S terms per geometry tile (block independent), per-pixel AOD/WV/z
+            cache = self._block_cache(blk)
+            ax = tables.axes
+            clip = lambda v, k: np.clip(np.asarray(v, np.float32), ax[k][0], ax[k][-1])  # noqa
+            aod, wv, elev = clip(blk["aod"], "aod"), clip(blk["wv"], "wv"), clip(z_km, "elev")
+            _s, _g, grids, layout = self._sixs_tiles(blk, dom, tables)
+            rs_ = rho * illum
+            toa = np.empty(rho.shape, np.float32)
+            for k, rows, cols in self._tile_slices(blk, layout):
+                sl = (rows, cols)
+                toa[sl] = grids[k].toa(rs_[sl], env[sl], aod[sl], wv[sl], elev[sl])
+            del cache
         for c, (rs, cs), a in alphas:
             spec = "cirrus" if c.kind == "cirrus" else "cloud"
             rc = spectra.reflectance(spec, wl) * c.brightness
@@ -1021,7 +1120,14 @@ class Scene:
         ts = ts - 4.0 * (1 - blk["shade"])     # cloud shadows are cooler
         ts = ts.astype(np.float32)
         bt = ts.copy()
-        for c, (rs, cs), a in alphas:
+        for cover in alphas:
+            c, (rs_t, cs_t), a_t = cover
+            # α on the whole search window (0 outside its bounding box): the radiance mixing
+            # below is applied to all of the window, as before the bounding boxes
+            rs, cs = getattr(cover, "full", (rs_t, cs_t))
+            a = np.zeros((rs.stop - rs.start, cs.stop - cs.start), np.float32)
+            a[rs_t.start - rs.start:rs_t.stop - rs.start,
+              cs_t.start - cs.start:cs_t.stop - cs.start] = a_t
             tc = t0 + 6.5e-3 * self.z_base - 6.5e-3 * c.height
             eps = np.minimum(1.0, a * (1.0 if c.kind == "opaque" else 1.6))
             # mix in radiance space with a generic 11 µm Planck function
@@ -1060,16 +1166,84 @@ TRUTH_LAYERS = {
 }
 
 
+class WriteQueue:
+    """Raster writes done in order by one background thread, so that GDAL compresses a strip
+    while the next one is rendered (rasterio releases the GIL while GDAL works). At most one
+    finished strip waits (:meth:`end_strip`), which bounds the memory. The files are the same
+    as with direct writes: one thread, submission order. ``threaded=False`` writes at once."""
+
+    def __init__(self, threaded: bool = True):
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="l2ps-synth-write") \
+            if threaded else None
+        self._current: list = []
+        self._previous: list = []
+
+    #: GDAL block cache (MB) while writing: tiles that a strip fills only partly stay in the
+    #: cache until the next strip completes them; GDAL's default (5 % of the RAM) lets them
+    #: pile up to gigabytes
+    GDAL_CACHEMAX_MB = 256
+
+    def env(self):
+        """The GDAL configuration of the writes (enter it around the strip loop too)."""
+        import rasterio
+        return rasterio.Env(GDAL_CACHEMAX=self.GDAL_CACHEMAX_MB)
+
+    def _run(self, fn, args, kwargs):
+        with self.env():
+            fn(*args, **kwargs)
+
+    def submit(self, fn, *args, **kwargs):
+        if self._pool is None:
+            fn(*args, **kwargs)
+        else:
+            self._current.append(self._pool.submit(self._run, fn, args, kwargs))
+
+    def end_strip(self) -> None:
+        """Wait for the writes of the strip before the one just submitted."""
+        for f in self._previous:
+            f.result()
+        self._previous, self._current = self._current, []
+
+    def close(self) -> None:
+        """Wait for every write (re-raising the first error) and stop the thread."""
+        futures, self._previous, self._current = self._previous + self._current, [], []
+        try:
+            for f in futures:
+                f.result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    def proxy(self, ds) -> "_QueuedDataset":
+        return _QueuedDataset(self, ds)
+
+
+class _QueuedDataset:
+    """A rasterio dataset whose ``write`` goes through a :class:`WriteQueue`."""
+
+    def __init__(self, queue: WriteQueue, ds):
+        self._queue = queue
+        self.ds = ds
+
+    def write(self, *args, **kwargs):
+        self._queue.submit(self.ds.write, *args, **kwargs)
+
+    def close(self):
+        self.ds.close()
+
+
 class TruthWriter:
     """Writes truth rasters (tiled, deflate GeoTIFFs) strip by strip."""
 
-    def __init__(self, folder, grid: Grid, epsg: int):
+    def __init__(self, folder, grid: Grid, epsg: int, queue: WriteQueue | None = None):
         import rasterio
         self.rasterio = rasterio
         self.folder = folder
         self.grid = grid
         self.epsg = epsg
         self.files = {}
+        self.queue = queue
         os.makedirs(folder, exist_ok=True)
 
     def _open(self, name, dtype, grid, nodata=None):
@@ -1087,8 +1261,12 @@ class TruthWriter:
         dtype = dtype or TRUTH_LAYERS[name][0]
         grid = grid or self.grid
         ds = self._open(name, dtype, grid, nodata)
-        ds.write(np.asarray(data).astype(dtype), 1,
-                 window=Window(0, row0, data.shape[1], data.shape[0]))
+        args = (np.asarray(data).astype(dtype), 1)
+        window = Window(0, row0, data.shape[1], data.shape[0])
+        if self.queue is None:
+            ds.write(*args, window=window)
+        else:
+            self.queue.submit(ds.write, *args, window=window)
 
     def close(self):
         for ds in self.files.values():

@@ -31,6 +31,7 @@ from ..grid import Grid
 from ..level1.sensors import sensor_spec
 from . import spectra
 from .scene import (Geometry, Scene, SceneOptions, SynthProduct, TruthWriter, TRUTH_LAYERS,
+                    WriteQueue,
                     atmosphere_name, earth_sun_distance, grid_north, refl_int16)
 
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -241,15 +242,19 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                              dtype=dtype, crs=f"EPSG:{epsg}", transform=g.transform, tiled=True,
                              blockxsize=256, blockysize=256, compress="zstd")
 
-    dsets = {b: _gtiff(os.path.join(tmp, b + ".tif"), grids[RES[b]]) for b in BANDS}
-    tci = _gtiff(os.path.join(tmp, "TCI.tif"), grids[10], "uint8", 3)
-    truth = TruthWriter(truth_dir, grid, epsg)
+    queue = WriteQueue(threaded=n * n > 1_000_000)
+    dsets = {b: queue.proxy(_gtiff(os.path.join(tmp, b + ".tif"), grids[RES[b]])) for b in BANDS}
+    tci = queue.proxy(_gtiff(os.path.join(tmp, "TCI.tif"), grids[10], "uint8", 3))
+    truth = TruthWriter(truth_dir, grid, epsg, queue)
     doms = scene.doms
-    strip = block_rows or (n if n <= 1200 else 600)
+    # rows per strip: ≤ 1200 px one strip; else 240 rows (2.6 M pixels, bounded memory)
+    strip = block_rows or (n if n <= 1200 else 240)
     strip = max(6, strip - strip % 6)
     counts = {"pixels": 0, "cloud": np.zeros(4, np.int64), "shadow": 0, "snow": 0, "water": 0,
               "saturated": 0, "cover": np.zeros(len(spectra.COVERS) + 1, np.int64)}
     code = spectra.COVER_CODE
+    gdal_env = queue.env()
+    gdal_env.__enter__()
     try:
         for r0 in range(0, n, strip):
             nr = min(strip, n - r0)
@@ -322,20 +327,28 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
             counts["saturated"] += int(sat_any.sum())
             counts["cover"] += np.bincount((blk["cls"][inside] + 1).ravel(),
                                            minlength=len(spectra.COVERS) + 1)
+            queue.end_strip()
     finally:
-        for ds in dsets.values():
-            ds.close()
-        tci.close()
-        truth.close()
+        try:
+            queue.close()
+        finally:
+            for ds in dsets.values():
+                ds.close()
+            tci.close()
+            truth.close()
+            gdal_env.__exit__(None, None, None)
     from rasterio.shutil import copy as rio_copy
     jp2_opts = dict(QUALITY="100", REVERSIBLE="YES", YCBCR420="NO")
-    for b in BANDS + ("TCI",):
-        src = os.path.join(tmp, b + ".tif")
-        opts = dict(jp2_opts)
-        if n >= 2048:
-            opts.update(BLOCKXSIZE="1024", BLOCKYSIZE="1024")
-        rio_copy(src, os.path.join(img, f"{stem}_{b}.jp2"), driver="JP2OpenJPEG", **opts)
-        os.remove(src)
+    # JPEG 2000 encoding: GDAL encodes the 1024² code-stream tiles of a band in parallel
+    # (GDAL_NUM_THREADS; the files are the same whatever the thread count)
+    with rasterio.Env(GDAL_NUM_THREADS=str(max(1, len(os.sched_getaffinity(0))))):
+        for b in BANDS + ("TCI",):
+            src = os.path.join(tmp, b + ".tif")
+            opts = dict(jp2_opts)
+            if n >= 2048:
+                opts.update(BLOCKXSIZE="1024", BLOCKYSIZE="1024")
+            rio_copy(src, os.path.join(img, f"{stem}_{b}.jp2"), driver="JP2OpenJPEG", **opts)
+            os.remove(src)
     shutil.rmtree(tmp, ignore_errors=True)
     for aux in os.listdir(img):
         if aux.endswith(".aux.xml"):
