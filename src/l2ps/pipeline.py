@@ -26,7 +26,7 @@ from .grid import Grid
 from .level1.model import Level1
 from .params import Parameters, format_force_param
 from .products import RESAMPLING_NAMES, Product
-from .scene import Scene
+from .scene import Scene, resample_nearest
 
 TOA_NODATA = -9999
 
@@ -207,15 +207,6 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     return record
 
 
-def _upsample_mask(mask: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
-    """Nearest-neighbour mapping of a boolean mask from a coarser grid (same CRS)."""
-    rows = np.floor((src.y0 - (dst.y0 - (np.arange(dst.ny) + 0.5) * dst.dy)) / src.dy).astype(np.int64)
-    cols = np.floor(((dst.x0 + (np.arange(dst.nx) + 0.5) * dst.dx) - src.x0) / src.dx).astype(np.int64)
-    rows = np.clip(rows, 0, src.ny - 1)
-    cols = np.clip(cols, 0, src.nx - 1)
-    return mask[rows[:, None], cols[None, :]]
-
-
 def _factor_hook(scene: Scene, params: Parameters):
     """The multiplicative factor of spec 02 §1.9 (ρBOA = A·brdf·ρ) per band and row block:
     BRDF c-factor (DO_BRDF). The topographic factor A (DO_TOPO) needs the band's diffuse
@@ -255,7 +246,8 @@ def assemble_products(scene: Scene, params: Parameters,
     for d in names:
         arr = refl[d]
         g = scene.grids.get(d, level1.bands[d].grid)
-        m = nodata if arr.shape == qai.shape else _downsample_nodata(nodata, grid, g)
+        # a coarser band's pixel is nodata when the QAI pixel under its centre is
+        m = nodata if arr.shape == qai.shape else resample_nearest(nodata, grid, g)
         arr[m] = TOA_NODATA
         bands.append(arr)
         grids.append(g)
@@ -289,12 +281,3 @@ def assemble_products(scene: Scene, params: Parameters,
             out.append(Product("HOT", [hot], [grid], ("HOT",), TOA_NODATA, 10000.0,
                                resampling=resampling, description="Haze optimized transform"))
     return out
-
-
-def _downsample_nodata(nodata: np.ndarray, fine: Grid, coarse: Grid) -> np.ndarray:
-    """A coarse pixel is nodata when its centre's fine pixel is nodata."""
-    rows = np.floor((fine.y0 - (coarse.y0 - (np.arange(coarse.ny) + 0.5) * coarse.dy)) / fine.dy).astype(np.int64)
-    cols = np.floor(((coarse.x0 + (np.arange(coarse.nx) + 0.5) * coarse.dx) - fine.x0) / fine.dx).astype(np.int64)
-    rows = np.clip(rows, 0, fine.ny - 1)
-    cols = np.clip(cols, 0, fine.nx - 1)
-    return nodata[rows[:, None], cols[None, :]]
