@@ -26,7 +26,7 @@ from pyproj import Transformer
 from ..grid import Grid
 from ..level1.sensors import sensor_spec
 from . import spectra
-from .scene import (CLOUD_CIRRUS, CLOUD_OPAQUE, CLOUD_THIN, Geometry, Scene, SceneOptions,
+from .scene import (add_strip_counts, write_angles, CLOUD_CIRRUS, CLOUD_OPAQUE, CLOUD_THIN, Geometry, Scene, SceneOptions,
                     SynthProduct, TruthWriter, WriteQueue, atmosphere_name, earth_sun_distance,
                     grid_north,
                     refl_int16, sun_position)
@@ -401,22 +401,12 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
             truth.write("dem", r0, blk["z"])
             truth.write("aod550", r0, blk["aod"])
             truth.write("water_vapor", r0, blk["wv"])
-            truth.write("sun_zenith", r0, blk["sza"])
-            truth.write("sun_azimuth", r0, blk["saa"])
-            truth.write("view_zenith", r0, blk["vza"])
-            truth.write("view_azimuth", r0, blk["vaa"])
+            write_angles(truth, r0, blk)
             ds_qa.write(_qa_pixel(inside, cm, shadow, snow, water, collection, radsat),
                         1, window=Window(0, r0, nx, n))
             if ds_rs is not None:
                 ds_rs.write(radsat, 1, window=Window(0, r0, nx, n))
-            counts["pixels"] += int(inside.sum())
-            counts["cloud"] += np.bincount(cm[inside], minlength=4)[:4]
-            counts["shadow"] += int(shadow.sum())
-            counts["snow"] += int(snow.sum())
-            counts["water"] += int(water.sum())
-            counts["saturated"] += int(sat_any.sum())
-            counts["cover"] += np.bincount((blk["cls"][inside] + 1).ravel(),
-                                           minlength=len(spectra.COVERS) + 1)
+            add_strip_counts(counts, inside, cm, shadow, snow, water, sat_any, blk["cls"])
             queue.end_strip()
     finally:
         try:

@@ -1290,3 +1290,22 @@ class SynthProduct:
 
     def __fspath__(self) -> str:
         return self.path
+
+
+def add_strip_counts(counts: dict, inside, cm, shadow, snow, water, sat_any, cls) -> None:
+    """Accumulate the cover statistics of one strip into ``counts`` (truth.json)."""
+    counts["pixels"] += int(inside.sum())
+    counts["cloud"] += np.bincount(cm[inside], minlength=4)[:4]
+    counts["shadow"] += int(shadow.sum())
+    counts["snow"] += int(snow.sum())
+    counts["water"] += int(water.sum())
+    counts["saturated"] += int(sat_any.sum())
+    from . import spectra
+    counts["cover"] += np.bincount((cls[inside] + 1).ravel(), minlength=len(spectra.COVERS) + 1)
+
+
+def write_angles(truth, r0: int, blk: dict) -> None:
+    """Write the per-pixel sun and view angle truth layers of one strip."""
+    for layer, key in (("sun_zenith", "sza"), ("sun_azimuth", "saa"),
+                       ("view_zenith", "vza"), ("view_azimuth", "vaa")):
+        truth.write(layer, r0, blk[key])

@@ -30,7 +30,7 @@ from rasterio.crs import CRS
 from ..grid import Grid
 from ..level1.sensors import sensor_spec
 from . import spectra
-from .scene import (Geometry, Scene, SceneOptions, SynthProduct, TruthWriter, TRUTH_LAYERS,
+from .scene import (add_strip_counts, write_angles, Geometry, Scene, SceneOptions, SynthProduct, TruthWriter, TRUTH_LAYERS,
                     WriteQueue,
                     atmosphere_name, earth_sun_distance, grid_north, refl_int16)
 
@@ -315,18 +315,8 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
             truth.write("dem", r0, blk["z"])
             truth.write("aod550", r0, blk["aod"])
             truth.write("water_vapor", r0, blk["wv"])
-            truth.write("sun_zenith", r0, blk["sza"])
-            truth.write("sun_azimuth", r0, blk["saa"])
-            truth.write("view_zenith", r0, blk["vza"])
-            truth.write("view_azimuth", r0, blk["vaa"])
-            counts["pixels"] += int(inside.sum())
-            counts["cloud"] += np.bincount(cm[inside], minlength=4)[:4]
-            counts["shadow"] += int(shadow.sum())
-            counts["snow"] += int(snow.sum())
-            counts["water"] += int(water.sum())
-            counts["saturated"] += int(sat_any.sum())
-            counts["cover"] += np.bincount((blk["cls"][inside] + 1).ravel(),
-                                           minlength=len(spectra.COVERS) + 1)
+            write_angles(truth, r0, blk)
+            add_strip_counts(counts, inside, cm, shadow, snow, water, sat_any, blk["cls"])
             queue.end_strip()
     finally:
         try:
