@@ -463,6 +463,7 @@ class SceneOptions:
     relief: float = 1.0              # scale of the mountains (0 = plains only)
     clouds: object = True            # True / False / list[CloudSpec]
     cloud_fraction: float = 0.15     # target share of the image under cloud when clouds=True
+    cirrus_fraction: float = 0.1     # cap on the share of the image under cirrus (clouds=True)
     aod: float = 0.15                # AOD at 550 nm (scene mean at the base elevation)
     water_vapor: float = 1.5         # g/cm² (scene mean at the base elevation)
     surface_temperature: float = 295.0   # K at the base elevation (thermal bands)
@@ -564,13 +565,16 @@ class Scene:
             rng = _substream(self.opt.seed, "clouds")
             clouds = []
             target = self.opt.cloud_fraction * w * h
-            area = 0.0
+            area = cirrus_area = 0.0
+            cirrus_cap = self.opt.cirrus_fraction * w * h
             scale = min(w, h)
             while area < target and len(clouds) < 400:
                 kind = rng.choice(["opaque", "opaque", "opaque", "thin", "cirrus"])
                 if kind == "cirrus":
                     height = rng.uniform(8000, 11000)
-                    radius = rng.uniform(0.08, 0.2) * scale
+                    # sheets of a few to ~15 km radius: a full-size scene needs hundreds of
+                    # cumulus objects, and uncapped cirrus would then cover most of it
+                    radius = min(rng.uniform(0.08, 0.2) * scale, 15000.0)
                 else:
                     height = self.z_base + rng.uniform(800, 6000)
                     radius = min(rng.uniform(0.03, 0.1) * scale, rng.uniform(300, 4000))
@@ -584,6 +588,11 @@ class Scene:
                               height=float(height), elongation=float(rng.uniform(0.5, 1.0)),
                               angle=float(rng.uniform(0, 180)),
                               brightness=float(rng.uniform(0.85, 1.1)))
+                if kind == "cirrus":
+                    a_c = math.pi * radius ** 2 * c.elongation
+                    if cirrus_area > 0 and cirrus_area + a_c > cirrus_cap:
+                        continue          # random draws consumed: other clouds unchanged
+                    cirrus_area += a_c
                 clouds.append(c)
                 if kind != "cirrus":
                     area += math.pi * radius ** 2 * c.elongation
