@@ -3,6 +3,7 @@
     l2ps synth landsat OUTDIR --sensor LND08 --size 400 --form tar --seed 1
     l2ps synth sentinel2 OUTDIR --sensor SEN2A --size 600 --form zip --baseline 04.00
     l2ps synth sentinel2 OUTDIR --size 600 --fine-texture 1 --truth-10m --shift-m 12,-7
+    l2ps synth landsat OUTDIR --size 400 --brdf global --aux
 """
 from __future__ import annotations
 
@@ -69,6 +70,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--shift-m", type=_shift, default=None, metavar="EAST,NORTH",
                    help="ground content displaced by (east, north) metres relative to the "
                         "pixel grid (a misregistered product; truth.json content_shift_m)")
+    p.add_argument("--brdf", choices=("global", "cover"), default=None,
+                   help="kernel-driven BRDF surface (RossThick-LiSparseR): global = Roy et al. "
+                        "2017 ratios for every cover, cover = per-cover ratios; truth gets "
+                        "nbar_* layers (default: isotropic surface)")
+    p.add_argument("--wvp-db", action="store_true",
+                   help="write a water vapour database (WVP_YYYY-MM-DD.txt, WVP_0000-MM-00.txt) "
+                        "into <truth>/wvp")
+    p.add_argument("--aod-files", action="store_true",
+                   help="write the AOD look-up file AOD_DDD.txt into <truth>/aod")
+    p.add_argument("--dem-variants", action="store_true",
+                   help="write the DEM in EPSG:4326, in the neighbouring UTM zone at 90 m and "
+                        "with nodata holes into <truth>/dem")
+    p.add_argument("--aux", action="store_true",
+                   help="all of --wvp-db, --aod-files, --dem-variants")
     p.set_defaults(func=run)
     return p
 
@@ -78,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     from . import make_landsat, make_sentinel2
     common = dict(seed=args.seed, date=args.date, clouds=not args.no_clouds,
                   cloud_fraction=args.cloud_fraction, aod=args.aod,
-                  water_vapor=args.water_vapor, relief=args.relief)
+                  water_vapor=args.water_vapor, relief=args.relief, brdf=args.brdf,
+                  wvp_db=args.wvp_db or args.aux, aod_files=args.aod_files or args.aux,
+                  dem_variants=args.dem_variants or args.aux)
     if args.size is not None:
         common["size"] = args.size
     if args.kind == "landsat" and (args.fine_texture or args.truth_10m):

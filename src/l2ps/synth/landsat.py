@@ -204,14 +204,21 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
                  relief: float = 1.0, tier: str = "T1", slc_off: bool | None = None,
                  cloud_fraction: float = 0.15, surface_temperature: float = 295.0,
                  snow_line: float | None = None, bright_targets: int | None = None,
-                 block_rows: int | None = None) -> SynthProduct:
+                 block_rows: int | None = None, brdf: str | None = None,
+                 wvp_db: bool = False, aod_files: bool = False,
+                 dem_variants: bool = False) -> SynthProduct:
     """Write a synthetic Landsat Level-1 product and its truth into ``out_dir``.
 
     ``size`` is (columns, rows) at 30 m or "full" (the whole WRS-2 frame, ~7700×7800).
     ``form``: "folder", "tar" (C2 delivery) or "tar.gz" (C1 delivery). ``collection`` 1 or 2.
     ``clouds``: True (random clouds covering ~``cloud_fraction``), False, or a list of
     :class:`~l2ps.synth.scene.CloudSpec`. ``slc_off`` (LND07): scan-line-corrector gaps;
-    default True for dates after 2003-05-31. Returns a :class:`SynthProduct`.
+    default True for dates after 2003-05-31. ``brdf``: None (isotropic surface, the default
+    scene), "global" or "cover" (kernel-driven BRDF surface; truth ``surface_*`` directional,
+    ``nbar_*`` at the normalisation geometry). ``wvp_db``, ``aod_files``, ``dem_variants``:
+    write the water vapour database, the AOD look-up file and the DEM variants into
+    ``<truth>/wvp``, ``<truth>/aod``, ``<truth>/dem`` (:mod:`l2ps.synth.auxfiles`).
+    Returns a :class:`SynthProduct`.
     """
     spec = sensor_spec(sensor)
     if spec.mission != "landsat":
@@ -260,7 +267,7 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
                    north_grid=grid_north(epsg, cx, cy), sun_step=max(1000.0, 8 * res))
     opts = SceneOptions(seed=seed, relief=relief, clouds=clouds, cloud_fraction=cloud_fraction,
                         aod=aod, water_vapor=water_vapor, surface_temperature=surface_temperature,
-                        snow_line=snow_line, bright_targets=bright_targets)
+                        snow_line=snow_line, bright_targets=bright_targets, brdf=brdf)
     scene = Scene(sensor, geo, opts)
 
     # ---------------- names
@@ -337,6 +344,10 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
                             "int16", nodata=-9999)
                 truth.write(f"toa_{dom}", r0, np.where(inside, refl_int16(toa), -9999),
                             "int16", nodata=-9999)
+                if brdf is not None:
+                    truth.write(f"nbar_{dom}", r0, np.where(
+                        inside, refl_int16(scene.surface_brdf(bi, blk, nbar=True)), -9999),
+                        "int16", nodata=-9999)
             # reflective bands in file order (incl. extra bands not in the internal order)
             for fi, (name, r, thermal) in enumerate(files):
                 if thermal or r == 15:
@@ -462,6 +473,9 @@ def make_landsat(out_dir, *, sensor: str = "LND08", size=(400, 400), form: str =
         "layers": _layer_doc(doms, bool(therm)),
         "covers": {str(i + 1): c for i, c in enumerate(spectra.COVERS)},
     }
+    from .auxfiles import add_extras
+    add_extras(truth_doc, scene, grid, epsg, truth_dir, day, lon, lat, brdf=brdf,
+               wvp_db=wvp_db, aod_files=aod_files, dem_variants=dem_variants)
     with open(os.path.join(truth_dir, "truth.json"), "w") as f:
         json.dump(truth_doc, f, indent=2)
 

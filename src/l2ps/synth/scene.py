@@ -473,6 +473,9 @@ class SceneOptions:
     # misregistered by a known offset, for co-registration tests); None: CONTENT_SHIFT_M
     shift_m: tuple[float, float] | None = None
     fine_texture: float = 0.0        # sub-20 m surface texture amplitude (0 = off; see covers)
+    # kernel-driven BRDF surface (l2ps.synth.brdf_surface): None = isotropic (default scene),
+    # "global" = Roy et al. (2017) ratios for every cover, "cover" = per-cover ratios
+    brdf: str | None = None
 
 
 def _win_size(win) -> int:
@@ -537,6 +540,10 @@ class Scene:
         self._place_targets()
         self.clouds = self._place_clouds()
         self._env = None
+        self._brdf = None
+        if options.brdf is not None:
+            from .brdf_surface import kernel_ratios
+            self._brdf = {"ratios": kernel_ratios(sensor, options.brdf)}
         self.stats = {"max_slope": 0.0}
 
     # ------------------------------------------------------------------ placement
@@ -662,6 +669,66 @@ class Scene:
         a factor the 10 m bands do not fully span (as real red-edge/SWIR detail)."""
         base = self.cover_table[:, band_idx][cls]
         rho = bright * ((1 - veg) * base + veg * self.veg_spec[band_idx])
+        if fine is not None:
+            wl = self.centres[self.doms[band_idx]]
+            rho = rho * (1.0 - fine[0] * (0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0)))
+            rho = rho * (1.0 + fine[1] * math.cos(2 * math.pi * (wl - 0.49) / 0.8))
+        return rho.astype(np.float32)
+
+    # ------------------------------------------------------------------ BRDF surface
+    BRDF_STD_STEP = 5000.0   # m, node spacing of the normalisation sun zenith
+
+    def _std_zenith(self, xs, ys):
+        """Normalisation sun zenith (degrees, spec 02 §7) per pixel: exact on 5 km nodes
+        (:func:`l2ps.synth.brdf_surface.standard_sun_zenith`), bilinear in between."""
+        if "std" not in self._brdf:
+            from .brdf_surface import standard_sun_zenith
+            g, s = self.grid, self.BRDF_STD_STEP
+            nx = int(math.ceil(g.nx * g.dx / s)) + 3
+            ny = int(math.ceil(g.ny * g.dy / s)) + 3
+            nxs = g.x0 - s + np.arange(nx) * s
+            nys = g.y0 + s - np.arange(ny) * s
+            lon, lat = self.geo.lonlat(*np.meshgrid(nxs, nys))
+            z = np.array([[standard_sun_zenith(float(la), float(lo), self.geo.acquired)
+                           for la, lo in zip(rla, rlo)] for rla, rlo in zip(lat, lon)])
+            self._brdf["std"] = (nxs[0], nys[0], z)
+        x0, y0, z = self._brdf["std"]
+        s = self.BRDF_STD_STEP
+        return separable_interp(z, (y0 - ys) / s, (xs - x0) / s, 1)
+
+    def _brdf_kernels(self, blk: dict):
+        """(K_vol, K_geo) at the pixel geometry and at the NBAR geometry (θs_std, 0, 0) of a
+        block (float32, cached in the block). φ = sun azimuth − view azimuth (0 = hot spot)."""
+        k = blk.get("_brdf")
+        if k is None:
+            from .brdf_surface import geometric_kernel, volumetric_kernel
+            sz = np.radians(blk["sza"].astype(np.float64))
+            vz = np.radians(blk["vza"].astype(np.float64))
+            phi = np.radians(blk["saa"].astype(np.float64) - blk["vaa"].astype(np.float64))
+            std = np.radians(self._std_zenith(blk["xs"], blk["ys"]).astype(np.float64))
+            k = {"dir": (volumetric_kernel(sz, vz, phi).astype(np.float32),
+                         geometric_kernel(sz, vz, phi).astype(np.float32)),
+                 "nbar": (volumetric_kernel(std, 0.0, 0.0).astype(np.float32),
+                          geometric_kernel(std, 0.0, 0.0).astype(np.float32)),
+                 "std": std}
+            blk["_brdf"] = k
+        return k
+
+    def surface_brdf(self, band_idx: int, blk: dict, nbar: bool = False) -> np.ndarray:
+        """Directional surface reflectance (``nbar`` False: at the pixel's sun and view
+        geometry) or the NBAR truth (True: nadir view, normalisation sun zenith) of reflective
+        band ``band_idx`` on a block: each cover's (and the vegetation end member's) spectrum
+        times 1 + V·K_vol + G·K_geo, mixed as :meth:`surface`."""
+        kv, kg = self._brdf_kernels(blk)["nbar" if nbar else "dir"]
+        V, Gm = self._brdf["ratios"]
+        cls, veg, bright = blk["cls"], blk["veg"], blk["bright"]
+        f32 = np.float32
+        shape_cov = 1 + V[:, band_idx].astype(f32)[cls] * kv + Gm[:, band_idx].astype(f32)[cls] * kg
+        nv = len(spectra.COVERS)
+        shape_veg = 1 + f32(V[nv, band_idx]) * kv + f32(Gm[nv, band_idx]) * kg
+        base = self.cover_table[:, band_idx][cls]
+        rho = bright * ((1 - veg) * base * shape_cov + veg * self.veg_spec[band_idx] * shape_veg)
+        fine = blk.get("fine")
         if fine is not None:
             wl = self.centres[self.doms[band_idx]]
             rho = rho * (1.0 - fine[0] * (0.3 + 0.7 * min(max((wl - 0.45) / 1.2, 0.0), 1.0)))
@@ -974,7 +1041,7 @@ class Scene:
         :meth:`toa_band_reference` (the NumPy expressions of the model), which is used instead
         when they differ or when the 6S tables are not installed."""
         tables = sixs_tables()
-        if tables is None or not Scene.FAST_TOA:
+        if tables is None or not Scene.FAST_TOA or self._brdf is not None:
             return self.toa_band_reference(blk, band_idx, alphas)
         from ._kernels import surface_toa
         f32 = np.float32
@@ -1084,7 +1151,10 @@ class Scene:
         in NumPy expressions (reference of the fast path, and the path without 6S tables)."""
         dom = self.doms[band_idx]
         wl = self.centres[dom]
-        rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], blk.get("fine"))
+        if self._brdf is not None:
+            rho = self.surface_brdf(band_idx, blk)
+        else:
+            rho = self.surface(band_idx, blk["cls"], blk["veg"], blk["bright"], blk.get("fine"))
         env = self.env(band_idx, blk["xs"], blk["ys"])
         z_km = blk["z"] / 1000.0
         fdir = direct_fraction(wl, blk["sza"], blk["aod"], z_km)

@@ -145,7 +145,8 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                    datatake_lead_s: float = 30.0, cloud_fraction: float = 0.15,
                    snow_line: float | None = None, bright_targets: int | None = None,
                    block_rows: int | None = None, fine_texture: float = 0.0,
-                   truth_10m: bool = False) -> SynthProduct:
+                   truth_10m: bool = False, brdf: str | None = None, wvp_db: bool = False,
+                   aod_files: bool = False, dem_variants: bool = False) -> SynthProduct:
     """Write a synthetic Sentinel-2 L1C product (SAFE folder or zip) and its truth.
 
     ``size``: (n, n) in 10 m pixels (n divisible by 6) or "full" (10980). ``form``: "safe" or
@@ -156,7 +157,8 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
     ``truth_10m``: also write the 20 m and 60 m bands' truth as rendered at 10 m
     (``surface_10m_Bxx.tif``, ``toa_10m_Bxx.tif``; their 20/60 m DN are the block means of
     it), the reference for the resolution merge. Returns a :class:`SynthProduct`
-    (``path`` = .SAFE or .zip).
+    (``path`` = .SAFE or .zip). ``brdf``, ``wvp_db``, ``aod_files``, ``dem_variants``: as
+    :func:`l2ps.synth.landsat.make_landsat` (``nbar_Bxx`` at the band's resolution).
     """
     spec = sensor_spec(sensor)
     if spec.mission != "sentinel2":
@@ -201,7 +203,7 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                    nadir_xy=nadir_xy, north_grid=ng, sun_step=500.0)
     opts = SceneOptions(seed=seed, relief=relief, clouds=clouds, cloud_fraction=cloud_fraction,
                         aod=aod, water_vapor=water_vapor, snow_line=snow_line,
-                        bright_targets=bright_targets, fine_texture=fine_texture)
+                        bright_targets=bright_targets, fine_texture=fine_texture, brdf=brdf)
     scene = Scene(sensor, geo, opts, band_beta=BAND_BETA)
 
     # ---------------- names
@@ -271,6 +273,7 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                 rho, toa = scene.toa_band(blk, bi, alphas)
                 k = RES[b] // 10
                 ins = inside
+                nbar = scene.surface_brdf(bi, blk, nbar=True) if brdf is not None else None
                 if k > 1 and truth_10m:
                     truth.write(f"surface_10m_{b}", r0, np.where(inside, refl_int16(rho), -9999),
                                 "int16", nodata=-9999)
@@ -279,6 +282,11 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                 if k > 1:
                     rho, toa = _block_mean(rho, k), _block_mean(toa, k)
                     ins = _block_mean(inside.astype(np.float32), k) > 0.999
+                    if nbar is not None:
+                        nbar = _block_mean(nbar, k)
+                if nbar is not None:
+                    truth.write(f"nbar_{b}", r0 // k, np.where(ins, refl_int16(nbar), -9999),
+                                "int16", grid=grids[RES[b]], nodata=-9999)
                 sat = (toa >= 1.6) & ins
                 dn = np.clip(np.rint(toa * 10000.0) + offset, 1, 65534)
                 dn = np.where(sat, 65535, dn)
@@ -404,6 +412,10 @@ def make_sentinel2(out_dir, *, sensor: str = "SEN2A", size=(600, 600), form: str
                       if truth_10m else {})},
         "covers": {str(i + 1): c for i, c in enumerate(spectra.COVERS)},
     }
+    from .auxfiles import add_extras
+    add_extras(truth_doc, scene, grid, epsg, truth_dir, day, lon_c, lat_c, brdf=brdf,
+               wvp_db=wvp_db, aod_files=aod_files, dem_variants=dem_variants,
+               band_names=list(BANDS))
     with open(os.path.join(truth_dir, "truth.json"), "w") as fh:
         json.dump(truth_doc, fh, indent=2)
     path = safe
