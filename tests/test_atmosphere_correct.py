@@ -19,7 +19,7 @@ if not constants.CONSTANTS_FILE.exists():
 
 from l2ps.atmosphere import grid as G                       # noqa: E402
 from l2ps.atmosphere.aerosol import fallback_spectrum        # noqa: E402
-from l2ps.atmosphere.correct import correct_atmosphere       # noqa: E402
+from l2ps.atmosphere.correct import correct_atmosphere as _correct_atmosphere  # noqa: E402
 from l2ps.geometry import Geometry                           # noqa: E402
 
 PARAMS = dict(cloud_buffer=300.0, cirrus_buffer=0.0, shadow_buffer=90.0, snow_buffer=30.0,
@@ -28,6 +28,11 @@ PARAMS = dict(cloud_buffer=300.0, cirrus_buffer=0.0, shadow_buffer=90.0, snow_bu
               strict_water_vapor=False, multi_scattering=True, adjacency_effect=False,
               file_dem=None, use_dem_database=False, do_topo=False)
 SZA, SAZ, VZA, VAZ = 40.0, 150.0, 3.0, 100.0
+
+
+def correct_atmosphere(scene, params, factor_hook=None, reuse_toa=False):
+    """The module's scenes are shared between tests: keep their TOA (reuse_toa=False)."""
+    return _correct_atmosphere(scene, params, factor_hook=factor_hook, reuse_toa=reuse_toa)
 
 
 def params(**kw):
@@ -120,7 +125,7 @@ def test_landsat_recovers_surface_and_sets_flags(landsat_scene):
     assert abs(int(res.aod[10, 10]) - int(tau_g * 1000)) <= 1
     assert res.water_vapor_scene == 2.0 and res.n_targets == (0, 0)
     assert res.log_fragment.startswith("AOD: ")
-    assert {"water_vapor", "aod", "radiative_transfer", "adjacency", "inversion"} <= set(res.stats)
+    assert {"water_vapor", "aod", "radtran", "adjacency", "inversion", "products"} <= set(res.stats)
 
 
 def test_factor_hook_multiplies_and_single_scattering_differs(landsat_scene):
@@ -181,6 +186,33 @@ def test_adjacency_on_uniform_surface_equals_homogeneous(landsat_scene):
     for d in scene.spec.output_domains:
         assert np.abs(res.boa[d].astype(int) - 2500).max() <= 5, d
     assert res.stats["adjacency"] > 0
+
+
+def test_boa_written_into_toa_arrays_is_identical(landsat_scene):
+    """reuse_toa=True (the pipeline's call) writes BOA into the TOA arrays of the output bands,
+    removes them from scene.toa except BLUE/RED when HOT is wanted, and changes no value."""
+    scene = landsat_scene
+    for d in scene.spec.output_domains:
+        scene.toa[d] = _forward(scene, d, _surface(scene.toa[d].shape), 2.0, 2.0)
+    scene.qai[:] = 0
+    keep = {d: a.copy() for d, a in scene.toa.items()}
+    ref = correct_atmosphere(scene, params(adjacency_effect=True, output_aod=False,
+                                           output_wvp=False))
+    assert all(np.array_equal(scene.toa[d], keep[d]) for d in keep)
+    assert ref.aod is None and ref.wvp is None
+    qai_ref = scene.qai.copy()
+    arrays = {d: scene.toa[d] for d in scene.spec.output_domains}
+    scene.qai[:] = 0
+    res = correct_atmosphere(scene, params(adjacency_effect=True, output_hot=True), reuse_toa=True)
+    assert np.array_equal(scene.qai, qai_ref)
+    for d in scene.spec.output_domains:
+        assert np.array_equal(res.boa[d], ref.boa[d]), d
+        if d in ("BLUE", "RED"):                    # HOT reads them: still TOA
+            assert res.boa[d] is not arrays[d] and np.array_equal(scene.toa[d], keep[d])
+        else:
+            assert res.boa[d] is arrays[d] and d not in scene.toa
+    for d in scene.spec.output_domains:             # restore for the other tests
+        scene.toa[d] = keep[d]
 
 
 VEGETATION = {"ULTRABLUE": 0.03, "BLUE": 0.03, "GREEN": 0.05, "RED": 0.03, "NIR": 0.35,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,12 +37,12 @@ from ..geometry import _weights
 from ..grid import Grid
 from ..scene import nearest_index
 from . import grid as G
-from .adjacency import background_reflectance
+from .adjacency import background_from_qai, self_weight
 from .aerosol import fallback_spectrum
 from .constants import band_optics
 from .darktarget import retrieve_aod
 from .gas import climatological_water_vapor, ozone_amount, water_vapor_from_lut
-from .watervapor import retrieve_water_vapor, water_vapor_map
+from .watervapor import retrieve_water_vapor, water_vapor_fill
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,27 @@ class AtmoResult:
     log_fragment: str
     stats: dict = field(default_factory=dict)          # seconds per sub-stage
     info: dict = field(default_factory=dict)           # sources of water vapour / AOD, levels
+
+
+class _Clock:
+    """Wall and process-CPU seconds per sub-stage (accumulated over repeated entries) and the
+    (name, start, end) perf_counter spans, for ``AtmoResult.stats`` / ``info["profile"]``."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.spans: list[tuple[str, float, float]] = []
+
+    @contextmanager
+    def __call__(self, name: str):
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            t = time.perf_counter()
+            self.wall[name] = self.wall.get(name, 0.0) + t - w
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+            self.spans.append((name, w, t))
 
 
 # --------------------------------------------------------------------------------- kernels
@@ -113,21 +135,27 @@ def _row_terms(terms, gas, valid, ia, ib, w1, rowt, rowg, roww):
 
 
 @njit(cache=True, parallel=True)
-def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nodes, terms, gas,
-                   valid, rho_b, factor, out, flags):
+def _invert_kernel(toa, qai, erase_clouds, z, wv, wr, wc, i0, wi, j0, wj, levels, wv_nodes, terms,
+                   gas, valid, rho_b, br, bc, f_self, factor, out, flags, accumulate):
     """Per pixel: bilinear in the coarse cells (invalid cells skipped), linear in elevation
     levels and water-vapour nodes; homogeneous inversion with the gas-coupled path, or with
     a background reflectance ``rho_b`` (int16 ×10000, empty = homogeneous; spec 02 §1.9, §4);
-    factor; §8.1 scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata).
+    factor; §8.1 scaling.  flags: bit 0 subzero, bit 1 saturation, bit 2 ρ < −1 (→ nodata);
+    ``accumulate``: OR into ``flags`` (else overwrite); empty ``flags``: none.  ``out`` may be
+    ``toa`` itself (each pixel is read before it is written).
 
     ``qai``: the QAI of each pixel (nodata bit 0 → nodata; ``erase_clouds``: confident cloud →
     nodata); ``z``: elevation in m (NaN → 0 km; empty = flat); ``wv``: water vapour int16
-    ×1000 (empty = one node).  ``terms`` (ncy, ncx, nlev, NT) and ``gas`` (ncy, ncx, nlev, nw, NG) are first blended
+    ×1000 on its own grid, pixel (r, c) reads ``wv[wr[r], wc[c]]`` (empty = one node);
+    ``rho_b``: the ring part of the background (Σ w_k·avg_k, int16 ×10000) on its own grid,
+    read at ``rho_b[br[r], bc[c]]``; the background is F_self·ρ0 + (1 − F_self)·ring with the
+    pixel's own homogeneous ρ0 (spec 02 §4).  ``terms`` (ncy, ncx, nlev, NT) and ``gas`` (ncy, ncx, nlev, nw, NG) are first blended
     between the two cell rows of each image row (row-wise pre-interpolation), so a pixel
     only combines 2 cells × 2 levels."""
     ncy, ncx, nlev, nt = terms.shape
     nw = wv_nodes.size
     nr, nc = toa.shape
+    has_flags = flags.size > 0
     for r in prange(nr):
         ia = min(max(i0[r], 0), ncy - 1)
         ib = min(max(i0[r] + 1, 0), ncy - 1)
@@ -136,7 +164,8 @@ def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nod
         roww = np.empty(ncx, np.float32)
         _row_terms(terms, gas, valid, ia, ib, wi[r], rowt, rowg, roww)
         for c in range(nc):
-            flags[r, c] = 0
+            if has_flags and not accumulate:
+                flags[r, c] = 0
             v = toa[r, c]
             q = qai[r, c]
             if (q & 1) or v == -9999:
@@ -151,7 +180,7 @@ def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nod
             q0 = 0
             fq = 0.0
             if wv.size > 0 and nw > 1:
-                ww = wv[r, c] * 0.001
+                ww = wv[wr[r], wc[c]] * 0.001
                 if ww >= wv_nodes[nw - 1]:
                     q0 = nw - 2
                     fq = 1.0
@@ -167,7 +196,8 @@ def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nod
             wsum = wa + wb
             if wsum <= 0.0:
                 out[r, c] = -9999          # no valid cell around the pixel: nodata
-                flags[r, c] = 4
+                if has_flags:
+                    flags[r, c] |= 4
                 continue
             ca = (1.0 - u1) / wsum
             cb = u1 / wsum
@@ -189,8 +219,10 @@ def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nod
                 g_a += wm * ((1.0 - fq) * rowg[jj, k, q0, 0] + fq * rowg[jj, k, q1, 0])
                 g_t += wm * ((1.0 - fq) * rowg[jj, k, q0, 1] + fq * rowg[jj, k, q1, 1])
             y = (v / 10000.0 - (a_tgr * a_pr + g_a * a_pa)) / g_t
-            if rho_b.size > 0 and rho_b[r, c] != -9999:
-                rb = rho_b[r, c] / 10000.0
+            rbv = rho_b[br[r], bc[c]] if rho_b.size > 0 else -9999
+            if rbv != -9999:
+                rho0 = y / (a_tt + a_s * y)
+                rb = f_self * rho0 + (1.0 - f_self) * (rbv / 10000.0)
                 a_ts = w00 * rowt[ja, k0, 5] + w01 * rowt[ja, k1, 5] + w10 * rowt[jb, k0, 5] + w11 * rowt[jb, k1, 5]
                 a_tv = w00 * rowt[ja, k0, 6] + w01 * rowt[ja, k1, 6] + w10 * rowt[jb, k0, 6] + w11 * rowt[jb, k1, 6]
                 tdv_ = w00 * rowt[ja, k0, 7] + w01 * rowt[ja, k1, 7] + w10 * rowt[jb, k0, 7] + w11 * rowt[jb, k1, 7]
@@ -213,7 +245,11 @@ def _invert_kernel(toa, qai, erase_clouds, z, wv, i0, wi, j0, wj, levels, wv_nod
                 out[r, c] = 32767
             else:
                 out[r, c] = np.int16(rho * 10000.0)     # truncation toward zero (spec 02 §8.1)
-            flags[r, c] = f
+            if has_flags:
+                if accumulate:
+                    flags[r, c] |= f
+                else:
+                    flags[r, c] = f
 
 
 @njit(cache=True, parallel=True)
@@ -250,6 +286,13 @@ def _interp_fields_kernel(fields, valid, z, levels, i0, wi, j0, wj, out):
 
 
 # --------------------------------------------------------------------------------- helpers
+def _record(clock: _Clock, name: str, t1: float, c1: float) -> None:
+    t = time.perf_counter()
+    clock.wall[name] = clock.wall.get(name, 0.0) + t - t1
+    clock.cpu[name] = clock.cpu.get(name, 0.0) + time.process_time() - c1
+    clock.spans.append((name, t1, t))
+
+
 def _cell_lonlat(coarse) -> tuple[np.ndarray, np.ndarray]:
     x = coarse.x0 + (np.arange(coarse.nx) + 0.5) * coarse.dx
     y = coarse.y0 - (np.arange(coarse.ny) + 0.5) * coarse.dy
@@ -286,13 +329,19 @@ def _dem_stats(dem, qai) -> tuple[float, float, float]:
     return zmin / 1000.0, zmax / 1000.0, zsum / n / 1000.0
 
 
-def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> AtmoResult:
+def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None,
+                       reuse_toa: bool = True) -> AtmoResult:
     """Atmospheric correction of ``scene`` (see module docstring).  Sets QAI bits in
     ``scene.qai``: aerosol (6–7), subzero (8), saturation (9), water-vapour fill (14, S2), and
     nodata where ρ < −1.  ``factor_hook(domain, rows)`` may return a float32 array (rows of the
-    band's native grid × its columns) multiplied onto ρ (topographic × BRDF factor), or None."""
-    stats: dict[str, float] = {}
-    t0 = time.perf_counter()
+    band's native grid × its columns) multiplied onto ρ (topographic × BRDF factor), or None.
+
+    ``reuse_toa``: the BOA of an output band is written into its (writable int16) TOA array,
+    which is then removed from ``scene.toa`` (saves one band-sized array per band; TOA BLUE and
+    RED stay when ``params.output_hot``).  Pass False to keep ``scene.toa`` intact.
+    The AOD / WVP maps are only built when ``params.output_aod`` / ``output_wvp``."""
+    clock = _Clock()
+    t0, c0 = time.perf_counter(), time.process_time()
     geom = scene.geometry
     coarse = geom.grid
     sensor = scene.sensor
@@ -340,19 +389,19 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
 
     # water vapour; WATER_VAPOR = NULL means the standard atmosphere of latitude and season
     # (FORCE: 0 g cm-2) where it is used (Landsat without DIR_WVPLUT, S2 fill)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     wv_default, wv_default_source = float(params.water_vapor), "PARAMETER"
     if "WATER_VAPOR" in getattr(params, "nulls", ()):
         clim = climatological_water_vapor(clat, acquired.month, zmean)
         wv_default, wv_default_source = clim.value, clim.source
-    wvp_map = None
+    w_cells = None
     if is_s2:
         if not (scene.has("NIR") and scene.has("VAPOR")):
             raise AtmosphereError(f"{sensor}: water vapour retrieval needs bands B8A (NIR) and B09 (VAPOR)")
         rt8, rt9 = band_rt("NIR", G.WV_NODES), band_rt("VAPOR", G.WV_NODES)
         w09 = retrieve_water_vapor(scene, rt8, rt9, lambda g: _level_index(scene, dem, levels, g),
                                    lambda g: _cell_index(coarse, g))
-        wvp_map, wv_scene, n_fill = water_vapor_map(scene, w09, wv_default)
+        w_cells, wv_scene, n_fill = water_vapor_fill(scene, w09, wv_default)
         wv_source = f"S2 B8A/B09 ({int(np.isfinite(w09).sum())} retrievals, {n_fill} pixels filled)"
         wv_nodes = G.WV_NODES
     else:
@@ -361,10 +410,10 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
         wv_scene, wv_source, wv_nodes = wvv.value, wvv.source, float(wvv.value)
         if wv_source == "PARAMETER":
             wv_source = wv_default_source
-    stats["water_vapor"] = time.perf_counter() - t1
+    _record(clock, "water_vapor", t1, c1)
 
     # aerosol: dark targets (DO_AOD), else the fallback spectrum
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     if params.do_aod and all(scene.has(d) for d in ("BLUE", "GREEN", "RED", "NIR", "SWIR2")):
         amap = retrieve_aod(scene, dem, levels, zmean, float(wv_scene), ozone, multi)
         if amap is not None:
@@ -372,97 +421,101 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
             aod_note = f": {amap.n_water} water, {amap.n_vegetation} vegetation objects"
         else:
             aod_note = " (no valid dark target: fallback)"
-    stats["aod"] = time.perf_counter() - t1
+    _record(clock, "aod", t1, c1)
 
     # RT grid
-    t1 = time.perf_counter()
-    rts = {d: band_rt(d, wv_nodes) for d in domains}
-    stats["radiative_transfer"] = time.perf_counter() - t1
-    stats["adjacency"] = 0.0
+    with clock("radtran"):
+        rts = {d: band_rt(d, wv_nodes) for d in domains}
 
     # topographic correction (DO_TOPO): C per pixel from SWIR2, A per band and row block
     hook = factor_hook
     if getattr(params, "do_topo", False):
-        t1 = time.perf_counter()
-        hook, topo_info = _topographic_hook(scene, rts, dem, levels, zmean, coarse, factor_hook)
-        stats["topography"] = time.perf_counter() - t1
+        with clock("topography"):
+            hook, topo_info = _topographic_hook(scene, rts, dem, levels, zmean, coarse,
+                                                factor_hook)
     else:
         topo_info = None
 
-    # inversion, block-wise on each band's native grid
-    t1 = time.perf_counter()
+    # inversion, block-wise on each band's native grid; BOA written into the TOA arrays of
+    # the bands nobody reads afterwards (HOT reads TOA BLUE and RED)
+    keep_toa = {"BLUE", "RED"} if getattr(params, "output_hot", True) else set()
     boa: dict[str, np.ndarray] = {}
     sub = np.zeros(scene.grid.shape, np.uint8)      # bit 0 subzero, 1 saturation, 2 → nodata
     erase_clouds = bool(getattr(params, "erase_clouds", False))
     adjacency = bool(getattr(params, "adjacency_effect", False))
-    empty16 = np.zeros((0, 0), np.int16)
+    wv_px = _WaterVapourIndex(scene, w_cells) if w_cells is not None else None
     for d in domains:
         g = scene.grids[d]
         brt = rts[d]
-        rq, cq = nearest_index(scene.grid, g)
-        rho_b = empty16
+        rho_b = None
         if adjacency:
-            ta = time.perf_counter()
-            rho_b = _background(scene, d, g, brt, dem, levels, zmean, wvp_map, coarse)
-            stats["adjacency"] += time.perf_counter() - ta
-        out, flags = _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse,
-                                  hook, erase_clouds, rho_b)
+            with clock("adjacency"):
+                rho_b = _background(scene, d, g, brt, dem, levels, zmean, wv_px, coarse)
+        with clock("inversion"):
+            toa = scene.toa[d]
+            out = toa if (reuse_toa and d not in keep_toa and _writable_int16(toa)
+                          and sum(a is toa for a in scene.toa.values()) == 1) else None
+            boa[d] = _invert_band(scene, d, g, brt, dem, levels, wv_px, coarse, hook,
+                                  erase_clouds, rho_b, out=out, sub=sub)
+            if out is not None:
+                del scene.toa[d]                  # now BOA: no one may read it as TOA
         del rho_b
-        boa[d] = out
-        # flags back to the processing grid (nearest: the band pixel under each centre)
-        rb, cb = nearest_index(g, scene.grid)
-        for r0 in range(0, scene.grid.ny, ROWS):
-            sub[r0:r0 + ROWS] |= flags[rb[r0:r0 + ROWS][:, None], cb[None, :]]
-    # QAI: subzero, saturation, ρ < −1 → nodata; then all bands nodata where OFF
-    for r0 in range(0, scene.grid.ny, ROWS):
-        blk, f = scene.qai[r0:r0 + ROWS], sub[r0:r0 + ROWS]
-        Q.set_flag(blk, Q.SUBZERO, (f & 1) != 0)
-        Q.set_flag(blk, Q.SATURATION, (f & 2) != 0)
-        Q.set_flag(blk, Q.NODATA, (f & 4) != 0)
-    if (sub & 4).any():
-        for d in domains:
-            g = scene.grids[d]
-            rq, cq = nearest_index(scene.grid, g)
-            for r0 in range(0, g.ny, ROWS):
-                offb = (scene.qai[rq[r0:r0 + ROWS][:, None], cq[None, :]] & 1) != 0
-                boa[d][r0:r0 + ROWS][offb] = NODATA
-    stats["inversion"] = time.perf_counter() - t1 - stats["adjacency"]
+    with clock("inversion"):
+        # QAI: subzero, saturation, ρ < −1 → nodata; then all bands nodata where OFF
+        any_off = _apply_flags(scene.qai, sub)
+        del sub
+        if any_off:
+            for d in domains:
+                g = scene.grids[d]
+                rq, cq = nearest_index(scene.grid, g)
+                for r0 in range(0, g.ny, ROWS):
+                    offb = (scene.qai[rq[r0:r0 + ROWS][:, None], cq[None, :]] & 1) != 0
+                    boa[d][r0:r0 + ROWS][offb] = NODATA
 
     # aerosol QAI (§3.8: no AOD map → 3 fill; else high > 0.6 → 2, interpolated → 1, else 0)
-    # and AOD product (green band at the pixel's elevation, nearest cell)
-    valid = (scene.qai & 1) == 0
-    green = "GREEN" if "GREEN" in rts else domains[0]
-    opt_g = band_optics(sensor, green)
-    if amap is None:
-        tau_green = float(spectrum.tau(opt_g.wavelength))
-        green_cells = np.full(sz.shape, tau_green)
-    else:
-        green_cells = amap_cells * opt_g.tau_a_per_aod550
-        tau_green = float(np.mean(green_cells[valid_cells]))
-    ci, cj = _cell_index(coarse, scene.grid)
-    aod = np.empty(scene.grid.shape, np.int16)
-    for r0 in range(0, scene.grid.ny, ROWS):
-        r1 = min(scene.grid.ny, r0 + ROWS)
-        blk = green_cells[ci[r0:r1][:, None], cj[None, :]].astype(np.float32)
-        if dem is not None:
-            z = np.asarray(dem[r0:r1], np.float32) / 1000.0
-            blk = (blk * np.exp(-(np.where(np.isfinite(z), z, zmean) - zmean)
-                                / scale_height())).astype(np.float32)
-        v = valid[r0:r1]
+    # and the products AOD (green band at the pixel's elevation, nearest cell) and WVP
+    with clock("products"):
+        green = "GREEN" if "GREEN" in rts else domains[0]
+        opt_g = band_optics(sensor, green)
         if amap is None:
-            field = np.full(blk.shape, 3, np.uint8)
+            tau_green = float(spectrum.tau(opt_g.wavelength))
+            green_cells = np.full(sz.shape, tau_green)
         else:
-            field = np.where(amap.measured[ci[r0:r1][:, None], cj[None, :]], 0, 1).astype(np.uint8)
-            field[blk > 0.6] = 2
-        Q.set_field(scene.qai[r0:r1], Q.AEROSOL, field, v)
-        a = (blk * 1000.0).astype(np.int16)
-        a[~v] = NODATA
-        aod[r0:r1] = a
-    if wvp_map is None:
-        wvp_map = np.where(valid, np.int16(min(32767, int(wv_scene * 1000.0))), np.int16(NODATA)).astype(np.int16)
-    else:
-        wvp_map[~valid] = NODATA
+            green_cells = amap_cells * opt_g.tau_a_per_aod550
+            tau_green = float(np.mean(green_cells[valid_cells]))
+        ci, cj = _cell_index(coarse, scene.grid)
+        want_aod = bool(getattr(params, "output_aod", True))
+        want_wvp = bool(getattr(params, "output_wvp", True))
+        aod = np.empty(scene.grid.shape, np.int16) if want_aod else None
+        wvp_map = np.empty(scene.grid.shape, np.int16) if want_wvp else None
+        wv_scene_i16 = np.int16(min(32767, int(wv_scene * 1000.0)))
+        for r0 in range(0, scene.grid.ny, ROWS):
+            r1 = min(scene.grid.ny, r0 + ROWS)
+            blk = green_cells[ci[r0:r1][:, None], cj[None, :]].astype(np.float32)
+            if dem is not None:
+                z = np.asarray(dem[r0:r1], np.float32) / 1000.0
+                blk = (blk * np.exp(-(np.where(np.isfinite(z), z, zmean) - zmean)
+                                    / scale_height())).astype(np.float32)
+            v = (scene.qai[r0:r1] & 1) == 0
+            if amap is None:
+                fld = np.full(blk.shape, 3, np.uint8)
+            else:
+                fld = np.where(amap.measured[ci[r0:r1][:, None], cj[None, :]], 0, 1).astype(np.uint8)
+                fld[blk > 0.6] = 2
+            Q.set_field(scene.qai[r0:r1], Q.AEROSOL, fld, v)
+            if aod is not None:
+                a = (blk * 1000.0).astype(np.int16)
+                a[~v] = NODATA
+                aod[r0:r1] = a
+            if wvp_map is not None:
+                w = wv_px.rows(r0, r1) if wv_px is not None else np.full(v.shape, wv_scene_i16)
+                wvp_map[r0:r1] = np.where(v, w, np.int16(NODATA))
+    stats = dict(clock.wall)
+    for name in ("water_vapor", "aod", "radtran", "adjacency", "inversion", "products"):
+        stats.setdefault(name, 0.0)
     stats["total"] = time.perf_counter() - t0
+    profile = {"cpu": {**clock.cpu, "total": time.process_time() - c0},
+               "spans": clock.spans}
     n_targets = (amap.n_water, amap.n_vegetation) if amap is not None else (0, 0)
     frag = f"AOD: {tau_green:.4f}. # of targets: {n_targets[0]}/{n_targets[1]}. "
     info = {"water_vapor_source": wv_source,
@@ -470,7 +523,8 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
             "elevation_levels": int(levels.size),
             "aerosol_scale_height_km": round(scale_height(), 3),
             "diffuse_ratio": {d: round(float(np.nanmean(_diffuse_ratio(b)[..., int(np.argmin(
-                np.abs(levels - zmean)))])), 4) for d, b in rts.items()}}
+                np.abs(levels - zmean)))])), 4) for d, b in rts.items()},
+            "profile": profile}
     if topo_info is not None:
         info["topography"] = topo_info
     aod550_scene = (float(np.mean(amap_cells[valid_cells])) if amap is not None else spectrum.aod550)
@@ -479,40 +533,39 @@ def correct_atmosphere(scene, params, factor_hook: FactorHook | None = None) -> 
                       stats=stats, info=info)
 
 
-ADJACENCY_MIN_PIXEL = 20.0     # m: backgrounds of finer bands are computed on a 2× coarser grid
+ADJACENCY_MIN_PIXEL = 40.0     # m: ring backgrounds of finer bands are computed on a 2× coarser grid
 
 
-def _background(scene, d, g, brt, dem, levels, zmean, wvp_map, coarse) -> np.ndarray:
-    """Background reflectance (int16 ×10000 on ``g``) of band ``d`` (spec 02 §4): provisional
-    homogeneous BOA, three EMA rings, own weight.  Bands finer than 20 m (Sentinel-2 10 m) do
-    this on a grid of twice the pixel size from the 2×2 mean TOA and take the background of
-    the 2×2 block (the rings are ≥ 250 m wide; 4× less work)."""
+def _background(scene, d, g, brt, dem, levels, zmean, wv_px, coarse):
+    """Ring part of the background reflectance of band ``d`` (spec 02 §4): provisional
+    homogeneous BOA, three EMA rings, ring weights.  Bands finer than ADJACENCY_MIN_PIXEL
+    (Sentinel-2 10/20 m, Landsat 30 m) do this on a grid of twice the pixel size from the 2×2
+    mean TOA (the rings are ≥ 250 m wide; 4× less work and memory); the pixel's own weight
+    F_self (radius 1.5 of its own pixels) is mixed in by the inversion kernel with the pixel's
+    own ρ0.  Returns (ring part int16 ×10000, row index, column index, F_self) with the
+    indices mapping the band's rows/columns to the ring grid's."""
     lev0 = int(np.argmin(np.abs(levels - zmean)))
     ok = np.isfinite(brt.tau_a[..., lev0])
     tau_a = float(np.mean(brt.tau_a[..., lev0][ok]))
     tau_r = float(np.mean(brt.tau_r[..., lev0][ok]))
-    empty16 = np.zeros((0, 0), np.int16)
     coarse_grid = g.res < ADJACENCY_MIN_PIXEL and g.nx >= 4 and g.ny >= 4
     if coarse_grid:
         gb = Grid(g.crs_wkt, g.x0, g.y0, 2 * g.dx, 2 * g.dy, g.nx // 2, g.ny // 2)
         toa_b = _mean2x2(scene.toa[d])
-        qai_b = scene.qai_on(gb) if g == scene.grid else \
-            scene.qai[tuple(np.ix_(*nearest_index(scene.grid, gb)))]
+        qai_b = scene.qai_on(gb)
     else:
         gb, toa_b = g, scene.toa[d]
-        rq, cq = nearest_index(scene.grid, g)
-        qai_b = scene.qai if g == scene.grid else scene.qai[rq[:, None], cq[None, :]]
-    rq, cq = nearest_index(scene.grid, gb)
-    rho0, _ = _invert_band(scene, d, gb, brt, rq, cq, dem, levels, wvp_map, coarse, None, False,
-                           empty16, toa=toa_b, qai=qai_b)
-    rho_b = background_reflectance(rho0, ((qai_b & 1) != 0) | (rho0 == NODATA),
-                                   Q.get_field(qai_b, Q.CLOUD) > 0, gb.res, tau_a, tau_r)
-    del rho0
-    if not coarse_grid:
-        return rho_b
-    rr = np.minimum(np.arange(g.ny) // 2, gb.ny - 1)
-    cc = np.minimum(np.arange(g.nx) // 2, gb.nx - 1)
-    return rho_b[rr[:, None], cc[None, :]]
+        qai_b = scene.qai_on(g)
+    rho = _invert_band(scene, d, gb, brt, dem, levels, wv_px, coarse, None, False, None,
+                       toa=toa_b, qai=qai_b)
+    del toa_b
+    rho = background_from_qai(rho, qai_b, gb.res, tau_a, tau_r, own=False)
+    if coarse_grid:
+        rr = np.minimum(np.arange(g.ny) // 2, gb.ny - 1).astype(np.int64)
+        cc = np.minimum(np.arange(g.nx) // 2, gb.nx - 1).astype(np.int64)
+    else:
+        rr, cc = np.arange(g.ny, dtype=np.int64), np.arange(g.nx, dtype=np.int64)
+    return rho, rr, cc, self_weight(tau_a, tau_r, g.res)
 
 
 @njit(cache=True, parallel=True)
@@ -555,19 +608,88 @@ def _stack_terms(brt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return terms, gas, valid
 
 
-def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_hook,
-                 erase_clouds: bool, rho_b: np.ndarray, toa: np.ndarray | None = None,
-                 qai: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """BOA (int16) and flags (uint8) of band ``d`` on its grid ``g``, strip by strip
-    (``toa``/``qai``: TOA and QAI already on ``g``, else the scene's band and QAI)."""
+class _WaterVapourIndex:
+    """Per-pixel water vapour (int16 ×1000) kept on the B09 grid; nearest B09 pixel of any
+    grid's rows/columns."""
+
+    def __init__(self, scene, w: np.ndarray) -> None:
+        self.scene, self.w, self._idx = scene, w, {}
+
+    def index(self, g) -> tuple[np.ndarray, np.ndarray]:
+        key = (g.x0, g.y0, g.dx, g.dy, g.nx, g.ny)
+        if key not in self._idx:
+            r, c = nearest_index(self.scene.grids["VAPOR"], g)
+            self._idx[key] = (np.asarray(r, np.int64), np.asarray(c, np.int64))
+        return self._idx[key]
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Water vapour of processing-grid rows r0:r1 (int16 ×1000)."""
+        r, c = self.index(self.scene.grid)
+        return self.w[r[r0:r1][:, None], c[None, :]]
+
+
+def _writable_int16(a: np.ndarray) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype == np.int16 and a.flags.writeable \
+        and a.flags.c_contiguous
+
+
+@njit(cache=True, parallel=True)
+def _apply_flags_kernel(qai, sub, bits):
+    """QAI bits from the inversion flags: subzero (bit 0), saturation (bit 1), nodata (bit 2)."""
+    nr, nc = qai.shape
+    for r in prange(nr):
+        for c in range(nc):
+            f = sub[r, c]
+            if f == 0:
+                continue
+            q = qai[r, c]
+            if f & 1:
+                q |= bits[0]
+            if f & 2:
+                q |= bits[1]
+            if f & 4:
+                q |= bits[2]
+            qai[r, c] = q
+
+
+def _apply_flags(qai: np.ndarray, sub: np.ndarray) -> bool:
+    """Set the QAI subzero / saturation / nodata bits from ``sub``; True if any nodata."""
+    bits = np.array([1 << Q.SUBZERO, 1 << Q.SATURATION, 1 << Q.NODATA], np.uint16)
+    _apply_flags_kernel(qai, sub, bits)
+    return bool(np.any(sub >= 4)) if sub.size else False
+
+
+def _invert_band(scene, d, g, brt, dem, levels, wv_px, coarse, factor_hook, erase_clouds: bool,
+                 rho_b, toa: np.ndarray | None = None, qai: np.ndarray | None = None,
+                 out: np.ndarray | None = None, sub: np.ndarray | None = None) -> np.ndarray:
+    """BOA (int16) of band ``d`` on its grid ``g``, strip by strip (``toa``/``qai``: TOA and
+    QAI already on ``g``, else the scene's band and QAI; ``out``: output array, may be the TOA
+    itself; ``sub``: uint8 flags on the processing grid to OR the band's flags into (None:
+    no flags); ``rho_b``: None or (background, row index, column index) of ``_background``)."""
     toa = scene.toa[d] if toa is None else toa
-    out = np.empty(toa.shape, np.int16)
-    flags = np.empty(toa.shape, np.uint8)
+    out = np.empty(toa.shape, np.int16) if out is None else out
     terms, gas, valid = _stack_terms(brt)
     wv_nodes = np.atleast_1d(np.asarray(brt.wv, np.float64))
     same = g == scene.grid
+    rq, cq = (None, None) if same else nearest_index(scene.grid, g)
     assert Q.NODATA == 0 and Q.CLOUD == 1 and Q.CLOUD_OPAQUE == 2     # bits read by the kernel
     empty_f, empty_i = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int16)
+    empty_u8, empty_ix = np.zeros((0, 0), np.uint8), np.zeros(0, np.int64)
+    if wv_px is not None:
+        wv = wv_px.w
+        wr, wc = wv_px.index(g)
+    else:
+        wv, wr, wc = empty_i, empty_ix, empty_ix
+    if rho_b is not None:
+        rb_arr, br, bc, f_self = rho_b
+    else:
+        rb_arr, br, bc, f_self = empty_i, empty_ix, empty_ix, 0.0
+    if sub is None:
+        flags, accumulate = empty_u8, False
+    elif same:
+        flags, accumulate = sub, True
+    else:
+        flags, accumulate = np.zeros(toa.shape, np.uint8), False
 
     def rows_of(arr, r0, r1, empty):
         if arr is None:
@@ -583,14 +705,20 @@ def _invert_band(scene, d, g, brt, rq, cq, dem, levels, wvp_map, coarse, factor_
         r1 = min(g.ny, r0 + ROWS)
         qb = rows_of(scene.qai, r0, r1, None) if qai is None else qai[r0:r1]
         zb = rows_of(dem32, r0, r1, empty_f)
-        wb = rows_of(wvp_map, r0, r1, empty_i)
         fac = factor_hook(d, slice(r0, r1)) if factor_hook is not None else None
         fac = empty_f if fac is None else np.asarray(fac, np.float32)
-        rb = rho_b[r0:r1] if rho_b.size else rho_b
+        fb = flags[r0:r1] if flags.size else flags
         _, i0, wi, _, j0, wj = _weights(coarse, g, r0, r1)
-        _invert_kernel(toa[r0:r1], qb, erase_clouds, zb, wb, i0, wi, j0, wj, levels, wv_nodes,
-                       terms, gas, valid, rb, fac, out[r0:r1], flags[r0:r1])
-    return out, flags
+        _invert_kernel(toa[r0:r1], qb, erase_clouds, zb, wv, wr[r0:r1] if wr.size else wr, wc,
+                       i0, wi, j0, wj, levels, wv_nodes, terms, gas, valid, rb_arr,
+                       br[r0:r1] if br.size else br, bc, np.float32(f_self), fac, out[r0:r1], fb,
+                       accumulate)
+    if sub is not None and not same:
+        # flags back to the processing grid (nearest: the band pixel under each centre)
+        rb, cb = nearest_index(g, scene.grid)
+        for r0 in range(0, scene.grid.ny, ROWS):
+            sub[r0:r0 + ROWS] |= flags[rb[r0:r0 + ROWS][:, None], cb[None, :]]
+    return out
 
 
 def _diffuse_ratio(brt) -> np.ndarray:

@@ -35,13 +35,14 @@ Shadow targets are disabled in FORCE and not implemented.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from numba import njit, prange
 from scipy import ndimage
 
-from .. import qai as Q
 from ..scene import nearest_index
 from . import grid as G
 from . import radtran as rt
@@ -59,6 +60,7 @@ WATER_LIBRARY_FILE = DATA / "water_library.npz"
 WATER_SWIR2, WATER_RED = 0.025, 0.2
 WATER_SLOPE_LOW, WATER_SLOPE_HIGH, WATER_SLOPE_Z_KM = 0.087, 0.0175, 1.0
 MAX_TARGET_PIXEL = 20.0          # m: S2 targets on the 20 m grid
+OBJECT_CHUNK = 1024              # objects per call of the forward-model search
 
 
 #: aerosol scale-height fit (spec 02 §3.7): bounds and minimum (km), minimum elevation ranges
@@ -138,119 +140,198 @@ def _target_grid(scene):
     return g2 if g.res < g2.res <= MAX_TARGET_PIXEL else g
 
 
-def _edge_distance(cand: np.ndarray) -> np.ndarray:
-    """Euclidean distance (pixels, truncated, int32) of every candidate pixel to the nearest
-    non-candidate (§3.3 step 4), computed per 8-connected candidate component inside its
-    bounding box + 1 pixel: the straight line from a pixel to its nearest non-candidate leaves
-    the component through a pixel that is not a candidate, so that pixel lies in the window
-    (same result as a transform of the whole grid, without its full-grid index arrays)."""
-    comp, _ = ndimage.label(cand, structure=np.ones((3, 3), bool))
-    dist = np.zeros(cand.shape, np.int32)
-    ny, nx = cand.shape
-    for i, sl in enumerate(ndimage.find_objects(comp)):
-        if sl is None:
-            continue
-        win = (slice(max(sl[0].start - 1, 0), min(sl[0].stop + 1, ny)),
-               slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, nx)))
-        sub = cand[win]
-        mine = comp[win] == i + 1
-        if sub.all():                      # no non-candidate in reach: as the whole grid
+# bits of the per-pixel class array of the candidate kernel
+_OK, _LAPSE, _WATER, _VEG, _WATER_CUT, _VEG_CUT = 1, 2, 4, 8, 16, 32
+
+
+@njit(cache=True, parallel=True)
+def _classes_kernel(b, br, bc, gr, gr_r, gr_c, r, rr, rc, n, nr_, nc_, s2, sr, sc, qai, qr, qc,
+                    slope, z, step, out, sums, cnts):
+    """Per pixel of the target grid (§3.3): bit 0 valid (not nodata/cloud/shadow, all five
+    bands valid), 1 lapse (BLUE ≥ GREEN ≥ RED), 2 water candidate, 3 vegetation candidate,
+    4/5 the same off the cut lines (every ``step`` rows/columns).  Each band array is read at
+    its nearest pixel (``xr[row]``, ``xc[col]``); ``slope`` (rad) and ``z`` (m) on the QAI grid
+    (empty = none).  ``sums[row, k]``/``cnts[row]``: per-row sums of the valid pixels' TOA
+    (BLUE, GREEN, RED, NIR) for the scene environment (exact integers)."""
+    ny, nx = out.shape
+    has_slope = slope.size > 0
+    has_z = z.size > 0
+    for i in prange(ny):
+        for k in range(4):
+            sums[i, k] = 0
+        cnts[i] = 0
+        for j in range(nx):
+            vb = b[br[i], bc[j]]
+            vg = gr[gr_r[i], gr_c[j]]
+            vr = r[rr[i], rc[j]]
+            vn = n[nr_[i], nc_[j]]
+            vs = s2[sr[i], sc[j]]
+            q = qai[qr[i], qc[j]]
+            m = 0
+            if ((q & 1) == 0 and ((q >> 1) & 3) == 0 and ((q >> 3) & 1) == 0 and vb != -9999
+                    and vg != -9999 and vr != -9999 and vn != -9999 and vs != -9999):
+                m = 1
+                sums[i, 0] += vb
+                sums[i, 1] += vg
+                sums[i, 2] += vr
+                sums[i, 3] += vn
+                cnts[i] += 1
+            if vb >= vg and vg >= vr:
+                m |= 2
+            if m & 1:
+                sl = slope[qr[i], qc[j]] if has_slope else 0.0
+                # water (§3.3; slope limits by elevation)
+                if vs < 250.0 and vr < 2000.0 and vb > vn and vb > 0:
+                    w_ok = True
+                    if has_slope:
+                        zz = z[qr[i], qc[j]] / 1000.0 if has_z else 0.0
+                        if math.isnan(zz):
+                            zz = 0.0
+                        w_ok = (zz < 1.0 and sl < 0.087) or (zz > 1.0 and sl < 0.0175)
+                    if w_ok:
+                        m |= 4
+                # dense dark vegetation
+                if vs < 500 and vr < 2000 and vb < vn and vb > 0 and vr > 0 and vn + vr != 0:
+                    ndvi = np.float32(vn - vr) / np.float32(vn + vr)
+                    if ndvi > np.float32(0.4) and not (has_slope and sl >= 0.2617993877991494):
+                        m |= 8
+            if i % step != 0 and j % step != 0:
+                if m & 4:
+                    m |= 16
+                if m & 8:
+                    m |= 32
+            out[i, j] = m
+
+
+def _object_distance(cls: np.ndarray, bit: int, sl, mine_local: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels, floored) of the object's pixels to the nearest
+    non-candidate (§3.3 step 4), exact: computed in the object's bounding box grown by a margin
+    that is doubled until every pixel's distance is at most its distance to the window's edge
+    (a nearer non-candidate outside the window is then impossible).  ``mine_local``: the
+    object's pixels in its bounding box ``sl``.  Returns the distances in that box."""
+    ny, nx = cls.shape
+    y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    m = 8
+    while True:
+        wy0, wy1, wx0, wx1 = max(y0 - m, 0), min(y1 + m, ny), max(x0 - m, 0), min(x1 + m, nx)
+        cand = (cls[wy0:wy1, wx0:wx1] & bit) != 0
+        if cand.all():
+            d = np.full(cand.shape, np.inf)        # no non-candidate in reach
+        else:
             d = ndimage.distance_transform_edt(cand)
+        d = d[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+        iy, ix = np.nonzero(mine_local)
+        iy = iy + y0
+        ix = ix + x0
+        inf = np.inf
+        edge = np.minimum.reduce([np.where(wy0 > 0, iy - wy0 + 1, inf), np.where(wy1 < ny, wy1 - iy, inf),
+                                  np.where(wx0 > 0, ix - wx0 + 1, inf), np.where(wx1 < nx, wx1 - ix, inf)])
+        whole = wy0 == 0 and wx0 == 0 and wy1 == ny and wx1 == nx
+        if whole or np.all(d[mine_local] <= edge):
+            if not np.isfinite(d).all():           # the whole grid is candidate: as scipy does
+                d = np.floor(ndimage.distance_transform_edt((cls & bit) != 0))[y0:y1, x0:x1]
             return np.floor(d).astype(np.int32)
-        d = ndimage.distance_transform_edt(sub)
-        dist[win][mine] = np.floor(d[mine]).astype(np.int32)
-    return dist
+        m *= 2
 
 
-def _targets(scene, dem_km, kind: str, bands: tuple[str, ...]):
+def _targets(scene, dem_km, kind: str, bands: tuple[str, ...], cache: dict | None = None):
     """Dark-target objects of ``kind`` ("water" or "vegetation") with their mean target and
-    environment TOA in ``bands`` (§3.3)."""
+    environment TOA in ``bands`` (§3.3).  One numba pass classifies every pixel of the target
+    grid (uint8, shared by both kinds through ``cache``); objects never cross the cut lines, so
+    they are labelled strip by strip (rows between two cut lines) and measured in their own
+    windows: no full-grid label, distance or resampled-band arrays."""
     g = _target_grid(scene)
-    need = sorted(set(bands) | {"BLUE", "GREEN", "RED", "NIR", "SWIR2"})
-    toa = {d: scene.band(d, g) for d in need}                      # int16 ×10000
-    q = scene.qai_on(g)
-    ok = ((q & 1) == 0) & (Q.get_field(q, Q.CLOUD) == 0) & ~Q.get_flag(q, Q.SHADOW)
-    for d in need:
-        ok &= toa[d] != -9999
+    cache = {} if cache is None else cache
+    if "cls" not in cache:
+        cache["cls"] = _classify(scene, dem_km, g)
+    cls, env_sum, env_n, idx = cache["cls"]
+    bit, cut_bit = (_WATER, _WATER_CUT) if kind == "water" else (_VEG, _VEG_CUT)
+    min_dist = 0 if kind == "water" else 2
+    step = int(5000 // g.res)
+    scene_env = {d: (env_sum[k] / env_n / 1e4 if env_n else 0.0)
+                 for k, d in enumerate(("BLUE", "GREEN", "RED", "NIR")) if d in bands}
+    z_src = None
+    if dem_km is not None:
+        z_src = np.asarray(dem_km)
+    qr, qc = idx["QAI"]
+
+    def window(arr_key, y0, y1, x0, x1):
+        ri, ci = idx[arr_key]
+        return scene.toa[arr_key][ri[y0:y1][:, None], ci[None, x0:x1]]
+
+    out = []
+    eight = np.ones((3, 3), bool)
+    for s0 in range(1, g.ny, step):                   # rows between two cut lines
+        s1 = min(g.ny, s0 + step - 1)
+        if s1 <= s0:
+            continue
+        strip = (cls[s0:s1] & cut_bit) != 0
+        if not strip.any():
+            continue
+        labels, num = ndimage.label(strip, structure=eight)
+        if num == 0:
+            continue
+        size = np.bincount(labels.ravel(), minlength=num + 1)
+        for li, sl in enumerate(ndimage.find_objects(labels)):
+            if sl is None or size[li + 1] < 10:    # fewer than 10 usable pixels for sure
+                continue
+            mine = labels[sl] == li + 1
+            gsl = (slice(sl[0].start + s0, sl[0].stop + s0), sl[1])
+            dist = _object_distance(cls, bit, gsl, mine)
+            cl = cls[gsl]
+            use = mine & ((cl & _LAPSE) != 0) & (dist >= min_dist)
+            k = int(use.sum())
+            rr = int(dist[mine].max())
+            if k < 10 or rr < 3:
+                continue
+            y0, y1, x0, x1 = gsl[0].start, gsl[0].stop, gsl[1].start, gsl[1].stop
+            ttoa = [float(window(d, y0, y1, x0, x1)[use].astype(np.float64).sum() / k) / 1e4
+                    for d in bands]
+            if z_src is not None:
+                zz = z_src[qr[y0:y1][:, None], qc[None, x0:x1]][use].astype(np.float32) / 1000.0
+                zt = float(np.where(np.isfinite(zz), zz, 0.0).astype(np.float64).sum() / k)
+            else:
+                zt = 0.0
+            ey0, ey1 = max(0, y0 - 3 * rr), min(g.ny, y1 + 3 * rr)
+            ex0, ex1 = max(0, x0 - 3 * rr), min(g.nx, x1 + 3 * rr)
+            ce = cls[ey0:ey1, ex0:ex1]
+            e = ((ce & _OK) != 0) & ((ce & cut_bit) == 0)
+            if e.sum() >= 10:
+                etoa = [float(np.mean(window(d, ey0, ey1, ex0, ex1)[e])) / 1e4 for d in bands]
+            else:
+                etoa = [scene_env[d] for d in bands]
+            cy = (y0 + y1 - 1) // 2
+            cx = (x0 + x1 - 1) // 2
+            out.append(dict(row=cy, col=cx, z=zt, radius=rr, ttoa=ttoa, etoa=etoa))
+    return out, g
+
+
+def _classify(scene, dem_km, g):
+    """The candidate kernel's class array on the target grid ``g``, the scene sums of the
+    valid pixels' TOA (BLUE, GREEN, RED, NIR), their count and the nearest-pixel indices
+    (band or "QAI" → row index, column index) from ``g`` to each array's grid."""
+    idx = {}
+    for d in ("BLUE", "GREEN", "RED", "NIR", "SWIR2"):
+        r, c = nearest_index(scene.grids[d], g)
+        idx[d] = (np.asarray(r, np.int64), np.asarray(c, np.int64))
+    r, c = nearest_index(scene.grid, g)
+    idx["QAI"] = (np.asarray(r, np.int64), np.asarray(c, np.int64))
     topo = scene.topography
     slope = getattr(topo, "slope", None) if topo is not None else None
     if slope is not None and not getattr(topo, "flat", False):
-        slope = np.asarray(slope)
-        slope = slope if g == scene.grid else \
-            slope[tuple(np.ix_(*nearest_index(scene.grid, g)))]
+        slope = np.asarray(slope, np.float32)
     else:
-        slope = None
-    z = None
-    if dem_km is not None:
-        z = dem_km if g == scene.grid else dem_km[tuple(np.ix_(*nearest_index(scene.grid, g)))]
-        z = np.asarray(z, np.float32) / 1000.0
-    b, gr, r, n, s2 = (toa[d] for d in ("BLUE", "GREEN", "RED", "NIR", "SWIR2"))
-    if kind == "water":
-        cand = ok & (s2 < WATER_SWIR2 * 1e4) & (r < WATER_RED * 1e4) & (b > n) & (b > 0)
-        if slope is not None:
-            zz = z if z is not None else np.zeros(slope.shape, np.float32)
-            zz = np.where(np.isfinite(zz), zz, 0.0)
-            cand &= ((zz < WATER_SLOPE_Z_KM) & (slope < WATER_SLOPE_LOW)) | \
-                ((zz > WATER_SLOPE_Z_KM) & (slope < WATER_SLOPE_HIGH))
-        min_dist = 0
-    else:
-        bf, rf, nf = b.astype(np.float32), r.astype(np.float32), n.astype(np.float32)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ndvi = (nf - rf) / (nf + rf)
-        cand = ok & (s2 < 500) & (r < 2000) & (b < n) & (ndvi > 0.4) & (bf > 0) & (rf > 0)
-        del bf, rf, nf, ndvi
-        if slope is not None:
-            cand &= ~(slope >= np.radians(15.0))
-        min_dist = 2
+        slope = np.zeros((0, 0), np.float32)
+    z = np.zeros((0, 0), np.float32) if dem_km is None else np.asarray(dem_km, np.float32)
+    cls = np.empty((g.ny, g.nx), np.uint8)
+    sums = np.empty((g.ny, 4), np.int64)
+    cnts = np.empty(g.ny, np.int64)
+    t = scene.toa
     step = int(5000 // g.res)
-    cut = cand.copy()
-    cut[::step, :] = False
-    cut[:, ::step] = False
-    labels, num = ndimage.label(cut, structure=np.ones((3, 3), bool))
-    if num == 0:
-        return [], g
-    dist = _edge_distance(cand)
-    lapse = (b >= gr) & (gr >= r)
-    use = (labels > 0) & lapse & (dist >= min_dist)
-    # per-object statistics from the labelled pixels only (bincount; scipy's labelled
-    # max/mean sort or scan the whole grid)
-    lab_px = labels[labels > 0]
-    k = np.bincount(labels[use], minlength=num + 1)[1:]
-    rmax = np.zeros(num + 1, np.int32)
-    np.maximum.at(rmax, lab_px, dist[labels > 0])
-    rmax = rmax[1:]
-    del lab_px
-    good = np.nonzero((k >= 10) & (rmax >= 3))[0]
-    if good.size == 0:
-        return [], g
-    lab_use = labels[use]
-    cnt = np.maximum(k, 1)
-
-    def obj_mean(arr):
-        return (np.bincount(lab_use, weights=arr[use].astype(np.float64), minlength=num + 1)[1:]
-                / cnt)[good]
-
-    means = {d: obj_mean(toa[d]) / 1e4 for d in bands}
-    zt = obj_mean(np.where(np.isfinite(z), z, 0.0)) if z is not None else np.zeros(good.size)
-    env_ok = ok & (labels == 0)
-    scene_env = {d: float(np.mean(toa[d][ok])) / 1e4 if ok.any() else 0.0 for d in bands}
-    slices = ndimage.find_objects(labels)
-    out = []
-    for j, li in enumerate(good):
-        sl = slices[li]
-        rr = int(rmax[li])
-        y0, y1 = max(0, sl[0].start - 3 * rr), min(g.ny, sl[0].stop + 3 * rr)
-        x0, x1 = max(0, sl[1].start - 3 * rr), min(g.nx, sl[1].stop + 3 * rr)
-        e = env_ok[y0:y1, x0:x1]
-        if e.sum() >= 10:
-            etoa = [float(np.mean(toa[d][y0:y1, x0:x1][e])) / 1e4 for d in bands]
-        else:
-            etoa = [scene_env[d] for d in bands]
-        cy = (sl[0].start + sl[0].stop - 1) // 2
-        cx = (sl[1].start + sl[1].stop - 1) // 2
-        out.append(dict(row=cy, col=cx, z=float(zt[j]), radius=rr,
-                        ttoa=[float(means[d][j]) for d in bands], etoa=etoa))
-    return out, g
+    _classes_kernel(t["BLUE"], *idx["BLUE"], t["GREEN"], *idx["GREEN"], t["RED"], *idx["RED"],
+                    t["NIR"], *idx["NIR"], t["SWIR2"], *idx["SWIR2"], scene.qai, *idx["QAI"],
+                    slope, z, step, cls, sums, cnts)
+    return cls, sums.sum(axis=0).astype(np.float64), int(cnts.sum()), idx
 
 
 def _estimates(scene, objs, g, kind, bands, library, levels, wv, ozone, multi_scattering):
@@ -347,18 +428,23 @@ def retrieve_aod(scene, dem_km, levels, zmean, wv, ozone, multi_scattering=True)
     coarse = geom.grid
     parts = []
     counts = {}
+    cache: dict = {}
     for kind, bands in (("water", WATER_BANDS), ("vegetation", VEG_BANDS)):
         counts[kind] = 0
         if not all(scene.has(d) for d in bands):
             continue
-        objs, g = _targets(scene, dem_km, kind, bands)
+        objs, g = _targets(scene, dem_km, kind, bands, cache)
         if not objs:
             continue
         library = water_library(scene.sensor, bands) if kind == "water" else VEG_LIBRARY
-        r = _estimates(scene, objs, g, kind, bands, library, levels, wv, ozone, multi_scattering)
-        if r is None:
+        # objects in chunks: the per-object RT and library arrays are (AOD nodes × objects ×
+        # spectra) float64, a few hundred MB for thousands of objects at once
+        rs = [_estimates(scene, objs[k:k + OBJECT_CHUNK], g, kind, bands, library, levels, wv,
+                         ozone, multi_scattering) for k in range(0, len(objs), OBJECT_CHUNK)]
+        rs = [x for x in rs if x is not None]
+        if not rs:
             continue
-        ci, cj, zt, val, sp = r
+        ci, cj, zt, val, sp = (np.concatenate(x) for x in zip(*rs))
         good = np.isfinite(sp) & (sp <= MAX_SPREAD)
         counts[kind] = int(good.sum())
         if good.any():

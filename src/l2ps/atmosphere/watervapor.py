@@ -59,15 +59,25 @@ def _wv_kernel(b9, ref, ref_n, cell_i, cell_j, lev, wv_nodes,
                 prev = d
 
 
-def _block_reference(b8a: np.ndarray, ok: np.ndarray, fy: int, fx: int, shape):
-    """Mean of the valid B8A pixels (×10000 → reflectance) per B09 pixel (fy×fx blocks)."""
-    ny, nx = shape
-    v = np.where(ok, b8a.astype(np.float64), 0.0)[:ny * fy, :nx * fx]
-    n = ok[:ny * fy, :nx * fx].astype(np.int32)
-    vs = v.reshape(ny, fy, nx, fx).sum(axis=(1, 3))
-    ns = n.reshape(ny, fy, nx, fx).sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ns > 0, vs / np.maximum(ns, 1) / 10000.0, 0.0), ns
+@njit(cache=True, parallel=True)
+def _block_reference_kernel(b8a, qai, qr, qc, bad_bits, fy, fx, ref, ref_n):
+    """Mean B8A reflectance of the valid reference pixels per B09 pixel (fy×fx blocks of the
+    20 m grid): valid = QAI (nearest processing-grid pixel ``qai[qr[r], qc[c]]``) without the
+    ``bad_bits`` and TOA ≥ REF_MIN_TOA.  Sums are integer (exact, order-independent)."""
+    ny, nx = ref.shape
+    for i in prange(ny):
+        for j in range(nx):
+            acc = 0
+            n = 0
+            for r in range(i * fy, i * fy + fy):
+                for c in range(j * fx, j * fx + fx):
+                    v = b8a[r, c]
+                    if v < REF_MIN_TOA or (qai[qr[r], qc[c]] & bad_bits) != 0:
+                        continue
+                    acc += v
+                    n += 1
+            ref_n[i, j] = n
+            ref[i, j] = acc / n / 10000.0 if n > 0 else 0.0
 
 
 def retrieve_water_vapor(scene, rt_b8a, rt_b09, level_of, cell_index) -> np.ndarray:
@@ -79,16 +89,15 @@ def retrieve_water_vapor(scene, rt_b8a, rt_b09, level_of, cell_index) -> np.ndar
     """
     g9, g8 = scene.grids["VAPOR"], scene.grids["NIR"]
     fy, fx = int(round(g9.dy / g8.dy)), int(round(g9.dx / g8.dx))
-    q8 = scene.qai_on(g8)
-    ok = ((q8 & 1) == 0) & ~Q.get_flag(q8, Q.SHADOW) & ~Q.get_flag(q8, Q.WATER) \
-        & (scene.toa["NIR"] >= REF_MIN_TOA)
     b8 = scene.toa["NIR"]
     ny = min(g9.ny, b8.shape[0] // fy)
     nx = min(g9.nx, b8.shape[1] // fx)
     ref = np.zeros((g9.ny, g9.nx), np.float64)
     ref_n = np.zeros((g9.ny, g9.nx), np.int32)
-    r_, n_ = _block_reference(b8, ok, fy, fx, (ny, nx))
-    ref[:ny, :nx], ref_n[:ny, :nx] = r_, n_
+    qr, qc = nearest_index(scene.grid, g8)
+    bad = np.uint16((1 << Q.NODATA) | (1 << Q.SHADOW) | (1 << Q.WATER))
+    _block_reference_kernel(b8, scene.qai, qr.astype(np.int64), qc.astype(np.int64), bad, fy, fx,
+                            ref[:ny, :nx], ref_n[:ny, :nx])
     ci, cj = cell_index(g9)
     lev = level_of(g9).astype(np.int64)
     out = np.empty((g9.ny, g9.nx), np.float32)
@@ -99,24 +108,21 @@ def retrieve_water_vapor(scene, rt_b8a, rt_b09, level_of, cell_index) -> np.ndar
     return out
 
 
-def water_vapor_map(scene, w09: np.ndarray, fill_value: float) -> tuple[np.ndarray, float, int]:
-    """WVP on the processing grid (int16 ×1000, −9999 nodata) from the B09-grid retrieval; valid
-    pixels without a retrieval get the scene mean of the retrieved values (or ``fill_value`` if
-    none succeeded) and QAI bit 14 ("water vapour fill").  Returns (map, scene mean, n filled)."""
-    r, c = nearest_index(scene.grids["VAPOR"], scene.grid)
+def water_vapor_fill(scene, w09: np.ndarray, fill_value: float) -> tuple[np.ndarray, float, int]:
+    """Water vapour int16 ×1000 on the B09 grid from the retrieval ``w09``: pixels without a
+    retrieval get the scene mean of the retrieved values (or ``fill_value`` if none succeeded);
+    valid processing-grid pixels whose B09 pixel was filled get QAI bit 14 ("water vapour
+    fill", set block-wise).  Returns (B09-grid map, scene mean, n filled processing pixels)."""
     good = np.isfinite(w09)
     mean = float(w09[good].mean()) if good.any() else float(fill_value)
-    off = (scene.qai & 1) != 0
-    out = np.empty(scene.grid.shape, np.int16)
+    w = np.where(good, w09, np.float32(mean))
+    w16 = np.clip(w.astype(np.float32) * np.float32(1000.0), -32768, 32767).astype(np.int16)
+    r, c = nearest_index(scene.grids["VAPOR"], scene.grid)
     filled = 0
     for r0 in range(0, scene.grid.ny, 512):
         rr = r[r0:r0 + 512]
-        w = w09[rr[:, None], c[None, :]]
-        miss = ~np.isfinite(w) & ~off[r0:r0 + 512]
-        w = np.where(np.isfinite(w), w, mean)
-        blk = (w * 1000.0).astype(np.int16)
-        blk[off[r0:r0 + 512]] = -9999
-        out[r0:r0 + 512] = blk
-        Q.set_flag(scene.qai[r0:r0 + 512], Q.WATER_VAPOR_FILL, miss)
+        q = scene.qai[r0:r0 + 512]
+        miss = ~good[rr[:, None], c[None, :]] & ((q & 1) == 0)
+        Q.set_flag(q, Q.WATER_VAPOR_FILL, miss)
         filled += int(miss.sum())
-    return out, mean, filled
+    return w16, mean, filled
