@@ -49,8 +49,10 @@ test: setup sysdeps
 test-all: setup sysdeps
 	$(BIN)/python -m pytest -n $(CORES) --durations=25
 
+# The benchmark of benchmarks/README.md (run it on an idle machine; ~1-1.5 h with cached
+# scenes). `make bench BENCH_ARGS=--quick`: every part at 1/4 size, one run, a few minutes.
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/snakemake --lint --config parameter_file=$(DEMO)/level2.prm

@@ -371,3 +371,34 @@ def test_nodes_to_cells_circular_and_positive():
 def test_mgrs_id():
     assert mgrs_id("L1C_T33UUU_A012345_20180101T100000") == "T33UUU"
     assert mgrs_id("S2A_OPER_MSI_L1C_TL_SGS__20160101T120000_A002621_T20LKP_N02.01") == "T20LKP"
+
+
+# --------------------------------------------------------------------------- JPEG 2000 strips
+def _tiled_jp2(path: Path, ny: int = 600, nx: int = 520, block: int = 128) -> np.ndarray:
+    import rasterio
+    from rasterio.transform import from_origin
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 60000, (ny, nx)).astype(np.uint16)
+    with rasterio.open(path, "w", driver="JP2OpenJPEG", width=nx, height=ny, count=1,
+                       dtype="uint16", crs="EPSG:32632", transform=from_origin(0, 0, 10, 10),
+                       QUALITY="100", REVERSIBLE="YES", BLOCKXSIZE=str(block),
+                       BLOCKYSIZE=str(block)) as ds:
+        ds.write(data, 1)
+    return data
+
+
+def test_read_in_strips_equals_whole_read(tmp_path):
+    """Strips of whole tile rows (one tile row per strip, and a window not on tile
+    boundaries) give exactly the lossless file's values."""
+    import rasterio
+    from rasterio.windows import Window
+    from l2ps.level1.read import read_in_strips
+    path = tmp_path / "B02.jp2"
+    truth = _tiled_jp2(path)
+    with rasterio.Env(GDAL_NUM_THREADS="2"), rasterio.open(path) as ds:
+        bh = ds.block_shapes[0][0]
+        assert bh < ds.height                                  # several tile rows
+        whole = read_in_strips(ds, strip_bytes=1)              # one tile row per strip
+        win = read_in_strips(ds, Window(13, 150, 400, 371), strip_bytes=1)
+    assert whole.dtype == np.uint16 and (whole == truth).all()
+    assert (win == truth[150:521, 13:413]).all()

@@ -140,6 +140,26 @@ def test_apply_toa_nodata():
     assert toa["CIRRUS"].tolist() == [[0, -9999, -9999]]
 
 
+
+def test_apply_toa_nodata_blockwise_matches_whole():
+    """Row blocks (here 2 rows) give what the whole-array rule gives; bands of another
+    shape (coarse S2 bands) are left alone."""
+    spec = L.sensor_spec("LND08")
+    rng = np.random.default_rng(3)
+    red = rng.integers(0, 4, (7, 5)).astype(np.int16)
+    red[red == 0] = -9999
+    nir = rng.integers(1, 100, (7, 5)).astype(np.int16)
+    coarse = np.ones((2, 2), np.int16)
+    qai = Q.empty((7, 5))
+    qai[6, 4] = 1
+    expect_off = (red == -9999)
+    expect_off[6, 4] = True
+    toa = {"RED": red, "NIR": nir, "X": coarse}
+    T.apply_toa_nodata(toa, qai, spec, block_rows=2)
+    assert (Q.is_nodata(qai) == expect_off).all()
+    assert (nir[expect_off] == -9999).all() and (nir[~expect_off] > 0).all()
+    assert (coarse == 1).all()
+
 # ------------------------------------------------------------------ initial QAI
 def _fake_level1(sensor: str, grids: dict[str, Grid], cal=None) -> Level1:
     spec = L.sensor_spec(sensor)
@@ -293,3 +313,47 @@ def test_initial_qai_real_s2(tmp_path):
             toa = T.toa_reflectance(dn[d], b, None, l1.spec)
             assert toa.shape == dn[d].shape
             assert np.all((toa == T.NODATA) == (dn[d] == 0))
+
+
+# ------------------------------------------------------------------ in place (memory)
+def test_toa_in_place_s2_reuses_the_dn_buffer():
+    """uint16 DN → int16 TOA in the same buffer gives the hand-computed values above."""
+    spec = L.sensor_spec("SEN2B")
+    dn = np.array([[0, 1, 999, 1000, 1007, 33767, 33768, 65535]], np.uint16)
+    out = T.toa_in_place(dn, _s2band(), spec)
+    assert out.dtype == np.int16 and np.shares_memory(out, dn)
+    assert out.tolist() == [[-9999, -999, -1, 0, 6, 32767, 32767, 32767]]
+
+
+class _FlatSun:
+    """Geometry stand-in: cos θs = 0.3 everywhere, asked for per row block."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def cos_sun_zenith(self, grid, rows):
+        self.blocks.append((rows.start, rows.stop))
+        return np.full((rows.stop - rows.start, grid.nx), 0.3, np.float32)
+
+
+def test_toa_in_place_landsat_blockwise_and_8bit():
+    spec = L.sensor_spec("LND08")
+    cal = Calibration(refl_mult=2e-5, refl_add=-0.1)
+    ny = 2100                                   # more than two blocks of 1024 rows
+    grid = Grid(WKT, 0.0, ny * 30.0, 30.0, 30.0, 5, ny)
+    red = Band("RED", "4", Path("b4"), grid, cal)
+    dn = np.tile(np.array([[0, 4999, 5000, 5001, 65535]], np.uint16), (ny, 1))
+    sun = _FlatSun()
+    out = T.toa_in_place(dn, red, spec, geometry=sun)
+    assert np.shares_memory(out, dn)
+    assert sun.blocks == [(0, 1024), (1024, 2048), (2048, 2100)]
+    assert (out == np.array([-9999, -9999, -9999, 0, 32767], np.int16)).all()
+    # 8-bit DNs cannot hold int16: a new array, the DN left as it was
+    spec5 = L.sensor_spec("LND05")
+    dn8 = np.tile(np.array([[0, 10, 255]], np.uint8), (3, 1))
+    red5 = Band("RED", "3", Path("b3"), Grid(WKT, 0.0, 90.0, 30.0, 30.0, 3, 3),
+                Calibration(refl_mult=1e-3, refl_add=0.0))
+    out8 = T.toa_in_place(dn8, red5, spec5, cos_sun=0.5)
+    assert not np.shares_memory(out8, dn8) and dn8[0, 2] == 255
+    # ρ = 1e-3·DN / 0.5: DN 10 → 0.02 → 200; DN 255 → 0.51 → 5100
+    assert out8[0].tolist() == [-9999, 200, 5100]

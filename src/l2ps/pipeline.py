@@ -96,7 +96,7 @@ def prepare_scene(level1: Level1, params: Parameters, timer: StageTimer | None =
     (spec 01 §1–§3), [topography]. Returns the Scene the later stages work on."""
     from .geometry import compute_geometry, update_qai
     from .level1 import read_bands
-    from .toa import apply_toa_nodata, initial_qai, toa_reflectance
+    from .toa import apply_toa_nodata, initial_qai, toa_in_place
 
     timer = timer or StageTimer()
     spec = level1.spec
@@ -116,7 +116,8 @@ def prepare_scene(level1: Level1, params: Parameters, timer: StageTimer | None =
             band = level1.bands[domain]
             # Landsat reflective bands: cos θs per pixel, computed per row block inside
             geo = geometry if spec.mission == "landsat" and not band.thermal else None
-            toa[domain] = toa_reflectance(dn.pop(domain), band, None, spec, geometry=geo)
+            # in the DN's own buffer for 16-bit DNs: one copy of each band at any time
+            toa[domain] = toa_in_place(dn.pop(domain), band, spec, geometry=geo)
         apply_toa_nodata(toa, qai, spec)
     scene = Scene(level1=level1, grid=grid, toa=toa,
                   grids={d: level1.bands[d].grid for d in toa}, qai=qai, geometry=geometry)
@@ -199,6 +200,12 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                             refsys_id=level1.refsys_id, acquired=level1.acquired,
                             param_log=format_force_param(params), num_threads=nthreads,
                             consume=True)
+    cube_cpu = getattr(result, "cpu_timings", None) or {}
+    for name, seconds in (getattr(result, "timings", None) or {}).items():
+        if isinstance(seconds, (int, float)):
+            timer.stages[f"cube.{name}"] = {"seconds": round(float(seconds), 3)}
+            if isinstance(cube_cpu.get(name), (int, float)):
+                timer.stages[f"cube.{name}"]["cpu_seconds"] = round(float(cube_cpu[name]), 3)
     fragments.append(f"{result.n_tiles:2d} product(s) written.")
     record.update({"tiles": list(result.tiles_written),
                    "files": [{"path": str(f.path), "mode": f.mode} for f in result.files],

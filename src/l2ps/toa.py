@@ -100,7 +100,7 @@ def _s2_kernel(dn, offset, quant, out):
 
 def toa_reflectance(dn: np.ndarray, band: Band, cos_sun: np.ndarray | float | None,
                     sensor_spec: SensorSpec, *, geometry=None,
-                    block_rows: int = 1024) -> np.ndarray:
+                    block_rows: int = 1024, out: np.ndarray | None = None) -> np.ndarray:
     """DN of one band → int16 TOA reflectance ×10000 (thermal: BT ×100 K); spec 01 §2.
 
     - Landsat reflective: ρ = (REFLECTANCE_ADD + REFLECTANCE_MULT·DN) / cos θs, with
@@ -115,13 +115,20 @@ def toa_reflectance(dn: np.ndarray, band: Band, cos_sun: np.ndarray | float | No
     ``l2ps.geometry.Geometry``) instead: cos θs is then computed per block of
     ``block_rows`` rows of ``band.grid`` (``geometry.cos_sun_zenith(band.grid, rows)``,
     the same values as the full array) and no full-scene float32 array is made.
+
+    ``out``: the int16 result array (default: a new one). It may share memory with a uint16
+    ``dn`` (``dn.view(np.int16)``, see ``toa_in_place``): every kernel reads a pixel's DN
+    before it writes that pixel, so the conversion then needs no second band in memory.
     """
     dn = np.asarray(dn)
     if dn.ndim != 2:
         raise ValueError(f"dn must be 2-D, got shape {dn.shape}")
     if dn.dtype not in (np.uint8, np.uint16):
         dn = dn.astype(np.uint16)
-    out = np.empty(dn.shape, dtype=np.int16)
+    if out is None:
+        out = np.empty(dn.shape, dtype=np.int16)
+    elif out.shape != dn.shape or out.dtype != np.int16:
+        raise ValueError(f"out must be int16 of shape {dn.shape}, got {out.dtype} {out.shape}")
     cal = band.calibration
     if sensor_spec.mission == "sentinel2":
         if cal.quantification is None:
@@ -164,20 +171,42 @@ def toa_reflectance(dn: np.ndarray, band: Band, cos_sun: np.ndarray | float | No
     return out
 
 
-def apply_toa_nodata(toa: dict[str, np.ndarray], qai: np.ndarray, spec: SensorSpec) -> None:
+def toa_in_place(dn: np.ndarray, band: Band, sensor_spec: SensorSpec, *, geometry=None,
+                 cos_sun: np.ndarray | float | None = None) -> np.ndarray:
+    """``toa_reflectance`` writing into the DN's own buffer when it can (a C-contiguous,
+    writeable uint16 array): returns ``dn.view(np.int16)`` holding TOA ×10000 (BT ×100 K),
+    and the caller must not use ``dn`` as DN afterwards. 8-bit DNs (TM, ETM+) need a new
+    int16 array (twice their size). This keeps the DN→TOA step at one copy of each band
+    (memory: spec 03 §1; issue 9)."""
+    if dn.dtype == np.uint16 and dn.flags.c_contiguous and dn.flags.writeable:
+        return toa_reflectance(dn, band, cos_sun, sensor_spec, geometry=geometry,
+                               out=dn.view(np.int16))
+    return toa_reflectance(dn, band, cos_sun, sensor_spec, geometry=geometry)
+
+
+def apply_toa_nodata(toa: dict[str, np.ndarray], qai: np.ndarray, spec: SensorSpec,
+                     block_rows: int = 512) -> None:
     """In place: Landsat pixels with −9999 in a reflective non-cirrus band become QAI nodata
-    (spec 01 §2); then every band of ``qai``'s shape gets −9999 where QAI is nodata."""
+    (spec 01 §2); then every band of ``qai``'s shape gets −9999 where QAI is nodata.
+
+    Works in blocks of ``block_rows`` rows, so the masks it needs are a few MB, not
+    full-scene boolean and uint16 temporaries (≈ 3 bytes per pixel otherwise)."""
+    reflective = []
     if spec.mission == "landsat":
-        for b in spec.bands:
-            if b.thermal or b.domain == "CIRRUS" or b.domain not in toa:
-                continue
-            arr = toa[b.domain]
-            if arr.shape == qai.shape:
-                Q.set_flag(qai, Q.NODATA, arr == NODATA)
-    off = Q.get_flag(qai, Q.NODATA)
-    for arr in toa.values():
-        if arr.shape == qai.shape:
-            arr[off] = NODATA
+        reflective = [toa[b.domain] for b in spec.bands
+                      if not b.thermal and b.domain != "CIRRUS" and b.domain in toa
+                      and toa[b.domain].shape == qai.shape]
+    same = [arr for arr in toa.values() if arr.shape == qai.shape]
+    step = max(int(block_rows), 1)
+    for r0 in range(0, qai.shape[0], step):
+        rows = slice(r0, min(r0 + step, qai.shape[0]))
+        q = qai[rows]
+        for arr in reflective:
+            Q.set_flag(q, Q.NODATA, arr[rows] == NODATA)
+        off = Q.get_flag(q, Q.NODATA)
+        if off.any():
+            for arr in same:
+                arr[rows][off] = NODATA
 
 
 # --------------------------------------------------------------------------- initial QAI
@@ -205,6 +234,21 @@ def _or_mapped(mask, rows, cols, outside, out):
                 if outside:
                     out[i, j] = True
             elif mask[ri, cj]:
+                out[i, j] = True
+
+
+@njit(cache=True, parallel=True)
+def _or_compare(arr, threshold, at_least, out):
+    """out[i, j] |= arr[i, j] >= threshold (``at_least``) or arr[i, j] == 0; no temporary
+    full-scene mask. Returns nothing; ``out`` is boolean of ``arr``'s shape."""
+    ny, nx = arr.shape
+    for i in prange(ny):
+        for j in range(nx):
+            v = arr[i, j]
+            if at_least:
+                if v >= threshold:
+                    out[i, j] = True
+            elif v == 0:
                 out[i, j] = True
 
 
@@ -324,24 +368,24 @@ def initial_qai(level1: Level1, dn: dict, grid: Grid, buffer_nodata: bool = Fals
         rows = cols = None
         if not same:
             rows, cols = pixel_index(grid, bg)
+        if same and not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
         if domain != "CIRRUS":
-            zero = arr == 0
-            if same:
-                nodata |= zero
+            if same:            # straight into the mask: no full-scene temporary
+                _or_compare(arr, 0, False, nodata)
             else:
-                _or_mapped(zero, rows, cols, True, nodata)
-            del zero
+                _or_mapped(arr == 0, rows, cols, True, nodata)
         if not band.thermal:
             thr = spec.saturation_dn
             if spec.mission == "sentinel2":
                 thr = s2_saturation_dn(band, spec.saturation_dn)
-            s = arr >= thr
-            if s.any():
-                if same:
-                    sat |= s
-                else:
+            if same:
+                _or_compare(arr, thr, True, sat)
+            else:
+                s = arr >= thr
+                if s.any():
                     _or_mapped(s, rows, cols, False, sat)
-            del s
+                del s
     if buffer_nodata:
         nodata = buffer_plus(nodata)
     if impulse_noise and spec.eight_bit:

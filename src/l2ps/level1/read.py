@@ -192,6 +192,46 @@ def band_window(band: Band, grid: Grid) -> tuple[Window, Grid]:
     return Window(c0, r0, c1 - c0, r1 - r0), bg.window(r0, c0, r1 - r0, c1 - c0)
 
 
+#: GDAL block cache while a JPEG 2000 band is read (bytes; rasterio takes an int as bytes).
+#: GDAL decodes the code-stream tiles of one read request in parallel (GDAL_NUM_THREADS)
+#: only when the request's tiles fit in the block cache, and keeps them there: a whole
+#: 10 m band read with the default cache (5 % of RAM) holds the band twice (+ 240 MB).
+JP2_CACHE_BYTES = 128 * 2**20
+#: JPEG 2000 bands are read in strips of whole tile rows of at most this size, so each
+#: strip's tiles are decoded in parallel and the cache holds at most JP2_CACHE_BYTES.
+JP2_STRIP_BYTES = 48 * 2**20
+
+
+def _is_jp2(path: Path) -> bool:
+    return str(path).lower().endswith((".jp2", ".j2k"))
+
+
+def read_in_strips(ds, window: Window | None = None,
+                   strip_bytes: int = JP2_STRIP_BYTES) -> np.ndarray:
+    """Band 1 of an open dataset (``window`` or all), read in strips of whole block rows
+    of at most ``strip_bytes`` (at least one block row) into one preallocated array.
+
+    Same values as ``ds.read(1, window=window)``; with a JPEG 2000 file each strip's tiles
+    are decoded in parallel while the block cache never holds more than a strip or two.
+    """
+    if window is None:
+        c0, r0, w, h = 0, 0, ds.width, ds.height
+    else:
+        c0, r0 = int(window.col_off), int(window.row_off)
+        w, h = int(window.width), int(window.height)
+    bh, bw = ds.block_shapes[0]
+    out = np.empty((h, w), dtype=ds.dtypes[0])
+    n_blk_x = (c0 + w - 1) // bw - c0 // bw + 1
+    row_bytes = n_blk_x * bw * bh * out.itemsize
+    k = max(1, int(strip_bytes) // max(row_bytes, 1))
+    r = r0
+    while r < r0 + h:
+        r_end = min((r // bh + k) * bh, r0 + h)
+        ds.read(1, window=Window(c0, r, w, r_end - r), out=out[r - r0:r_end - r0])
+        r = r_end
+    return out
+
+
 def read_dn(level1: Level1, domain: str, window: Window | Grid | None = None,
             num_threads: int | None = None) -> np.ndarray:
     """DNs of one band at its native grid, uint8 (TM/ETM+) or uint16 (OLI, MSI).
@@ -200,6 +240,9 @@ def read_dn(level1: Level1, domain: str, window: Window | Grid | None = None,
     (e.g. a subset of ``level1.grid``) whose covering window is read (see ``band_window``).
     ``num_threads`` sets GDAL_NUM_THREADS for this read only (thread-local), so several bands
     can be read in a thread pool (GDAL releases the GIL); None leaves GDAL's setting.
+    Tiled JPEG 2000 bands (Sentinel-2) are read in strips of tile rows with a bounded GDAL
+    block cache (``read_in_strips``, ``JP2_CACHE_BYTES``): multithreaded decoding without a
+    second copy of the band in the cache.
     GDAL errors (truncated or corrupt files) become a Level1Error naming the file.
     """
     try:
@@ -209,7 +252,10 @@ def read_dn(level1: Level1, domain: str, window: Window | Grid | None = None,
                           f"product has {', '.join(level1.bands)})") from None
     if isinstance(window, Grid):
         window = band_window(band, window)[0]
-    env = {} if num_threads is None else {"GDAL_NUM_THREADS": str(int(num_threads))}
+    env: dict = {} if num_threads is None else {"GDAL_NUM_THREADS": str(int(num_threads))}
+    jp2 = _is_jp2(band.path)
+    if jp2:
+        env["GDAL_CACHEMAX"] = int(JP2_CACHE_BYTES)
     try:
         with rasterio.Env(**env):
             with rasterio.open(band.path) as ds:
@@ -217,7 +263,10 @@ def read_dn(level1: Level1, domain: str, window: Window | Grid | None = None,
                     raise Level1Error(f"{band.path}: size {ds.width}×{ds.height} changed "
                                       f"since the metadata was read ({band.grid.nx}×"
                                       f"{band.grid.ny})")
-                data = ds.read(1, window=window)
+                if jp2 and ds.block_shapes[0][0] < ds.height:
+                    data = read_in_strips(ds, window)
+                else:
+                    data = ds.read(1, window=window)
     except Level1Error:
         raise
     except (rasterio.errors.RasterioError, OSError) as exc:
@@ -238,7 +287,23 @@ def read_bands(level1: Level1, domains: Iterable[str] | None = None,
     each); returns domain → DN array in internal band order."""
     domains = list(domains) if domains is not None else list(level1.bands)
     if workers <= 1 or len(domains) <= 1:
-        return {d: read_dn(level1, d, window, num_threads) for d in domains}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futs = {d: pool.submit(read_dn, level1, d, window, num_threads) for d in domains}
-        return {d: futs[d].result() for d in domains}
+        out = {d: read_dn(level1, d, window, num_threads) for d in domains}
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futs = {d: pool.submit(read_dn, level1, d, window, num_threads) for d in domains}
+            out = {d: futs[d].result() for d in domains}
+    release_free_heap()
+    return out
+
+
+def release_free_heap() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    GDAL's decoded JPEG 2000 tiles (a few MB each) live on the C heap; freed, they stay
+    in the process's resident set (tens to ~100 MB after a Sentinel-2 tile) unless
+    trimmed."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
