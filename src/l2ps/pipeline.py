@@ -133,7 +133,7 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     scene = prepare_scene(level1, params, timer)
     qai, grid = scene.qai, scene.grid
     nthreads = max(1, int(params.nthread))
-    if not Q.is_valid(qai).any():
+    if Q.count_valid(qai) == 0:
         from .errors import ProcessingError
         raise ProcessingError(f"{level1.source}: no valid pixel in the image")
     with timer("clouds"):

@@ -112,6 +112,20 @@ def is_valid(qai: np.ndarray) -> np.ndarray:
     return ~get_flag(qai, NODATA)
 
 
+@njit(cache=True)
+def _count_valid(flat: np.ndarray) -> int:
+    n = 0
+    for i in range(flat.size):
+        if (flat[i] & 1) == 0:       # bit 0 = NODATA
+            n += 1
+    return n
+
+
+def count_valid(qai: np.ndarray) -> int:
+    """Number of pixels without the nodata bit (no full-size temporaries)."""
+    return int(_count_valid(np.ascontiguousarray(qai).reshape(-1)))
+
+
 def normalize_nodata(qai: np.ndarray) -> None:
     """Every pixel with the nodata bit becomes exactly 1 (spec 01 §7, "On output") in place."""
     qai[get_flag(qai, NODATA)] = QAI_NODATA

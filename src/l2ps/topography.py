@@ -298,7 +298,7 @@ def flat_topography(grid: Grid, geometry, qai: np.ndarray) -> Topography:
     ``topography_from_dem`` on a DEM of zeros."""
     if qai.shape != grid.shape:
         raise ValueError(f"QAI {qai.shape} does not match the grid {grid.shape}")
-    n_valid = int(np.count_nonzero(Q.is_valid(qai)))
+    n_valid = Q.count_valid(qai)
     _flat_pass(geometry, grid, qai, False)
     zero = np.broadcast_to(np.float32(0.0), grid.shape)
     return Topography(grid, zero, zero, zero, None, 0.0, 0.0, 0.0, None,
