@@ -260,7 +260,8 @@ def test_finalize_states_and_bits():
                    cirrus_buffer=0.0, shadow_buffer=30.0, snow_buffer=30.0)
     st = Q.get_field(qai, Q.CLOUD)
     assert qai[0, 0] == 1
-    assert st[5, 5] == 3          # opaque inside the cirrus mask → cirrus (§6.7 "else if")
+    assert st[5, 5] == 2          # opaque inside the cirrus mask stays opaque (deviation
+    #                               from §6.7's "else if", which makes it 3)
     assert st[5, 6] == 1 and st[4, 5] == 1 and st[4, 4] == 0   # radius-1 plus buffer
     assert st[12, 12] == 3
     sh = Q.get_flag(qai, Q.SHADOW)

@@ -19,7 +19,8 @@ from ..grid import Grid
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
-from .morphology import distance_transform, buffer_disk, label8, remove_small_objects, split_objects
+from .morphology import (buffer_disk, distance_transform, label8, label_sizes,
+                         remove_small_objects, split_objects)
 from .parallax import cloud_parallax, smoothed_broadnir
 from .probability import cloud_probability
 from .shadows import MIN_OBJECT, shadow_matching, shadow_probability
@@ -241,7 +242,7 @@ def grow_clouds(cloud: np.ndarray, bits: np.ndarray, radius: int, min_px: int) -
     if radius <= 0 or not cloud.any():
         return 0
     labels, n = label8(cloud)
-    size = np.bincount(labels.ravel(), minlength=n + 1)
+    size = label_sizes(labels, n)
     big = size >= min_px
     big[0] = False
     seeds = big[labels]
@@ -271,8 +272,9 @@ def drop_saturated_specks(cloud: np.ndarray, bits: np.ndarray, res: float) -> in
     labels, n = label8(cloud)
     if n == 0:
         return 0
-    size = np.bincount(labels.ravel(), minlength=n + 1)
-    nsat = np.bincount(labels.ravel(), weights=sat.ravel(), minlength=n + 1)
+    size = label_sizes(labels, n)
+    nsat = np.bincount(labels[sat], minlength=n + 1)     # label 0: saturated non-cloud
+    del sat
     drop = (size * res * res < SATURATED_SPECK_M2) & (2 * nsat >= size)
     drop[0] = False
     if drop.any():
@@ -281,6 +283,18 @@ def drop_saturated_specks(cloud: np.ndarray, bits: np.ndarray, res: float) -> in
 
 
 # ----------------------------------------------------------------------------- main
+def _now() -> tuple[float, float]:
+    """(wall clock, CPU time of the process: all threads) in s."""
+    return time.perf_counter(), time.process_time()
+
+
+def _lap(stats: dict, name: str, t0: tuple[float, float]) -> None:
+    """stats["timings"][name] = wall s since ``t0``; stats["cpu_timings"][name] = CPU s."""
+    w, c = _now()
+    stats["timings"][name] = round(w - t0[0], 3)
+    stats.setdefault("cpu_timings", {})[name] = round(c - t0[1], 3)
+
+
 def _pct(n: int, d: int) -> float:
     return 100.0 * n / d if d else 0.0
 
@@ -301,11 +315,13 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     cloud_buffer, cirrus_buffer, shadow_buffer, snow_buffer (m), cloud_threshold,
     shadow_threshold, max_cloud_cover_frame). ``scene.topography`` (optional) provides
     ``dem`` (m) and ``slope`` (rad) on the processing grid; without it the ground is flat at
-    0 m."""
-    t_all = time.perf_counter()
+    0 m. ``stats["timings"]``: wall s per sub-stage (potential, probability | parallax,
+    shadow_probability, shadow_matching, finalize, total); ``stats["cpu_timings"]``: the
+    same in CPU s of the process (all threads)."""
+    t_all = _now()
     timings: dict[str, float] = {}
     stats: dict = {"timings": timings}
-    t0 = time.perf_counter()
+    t0 = _now()
     spec = scene.spec
     is_s2 = spec.mission == "sentinel2"
     qgrid = scene.grid
@@ -326,14 +342,14 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     counts = P.class_counts(bits)
     stats.update({k: v for k, v in counts.items()})
     npix = counts["npix"]
-    timings["potential"] = round(time.perf_counter() - t0, 3)
+    _lap(stats, "potential", t0)
 
     cloud: np.ndarray
     shadow: np.ndarray | None = None      # None: every valid pixel is shadow
     forced = False
     lowtemp = hightemp = -1.0
     cdi_cloud = None        # Sentinel-2: the CDI clouds before their growth
-    t0 = time.perf_counter()
+    t0 = _now()
     if npix > 0 and 100.0 * counts["nclear"] / npix > 0.1:
         if is_s2:
             k = _ratio(scene.grids["BROADNIR"], work)
@@ -361,21 +377,22 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
         del vprob
         valid_w = (bits & P.OFF) == 0
         cloud &= valid_w
+        del valid_w
         stats["saturated_objects_dropped"] = drop_saturated_specks(cloud, bits, work.res)
         ncloud = int(np.count_nonzero(cloud))
         cc_cloud = _pct(ncloud, npix)
         stats.update({"ncloud": ncloud, "cc_cloud": round(cc_cloud, 4)})
-        timings["parallax" if is_s2 else "probability"] = round(time.perf_counter() - t0, 3)
+        _lap(stats, "parallax" if is_s2 else "probability", t0)
         if cc_cloud <= 0.8 * max_frame:
             if ncloud > 0:
-                t0 = time.perf_counter()
+                t0 = _now()
                 lnd = P.land_mask(bits)
                 spr, rel, st = shadow_probability(bits, bands["NIR"], bands["SWIR1"], cloud, lnd,
                                              _maxdist(scene.geometry, work.res))
                 del lnd
                 stats["shadow_probability"] = st
-                timings["shadow_probability"] = round(time.perf_counter() - t0, 3)
-                t0 = time.perf_counter()
+                _lap(stats, "shadow_probability", t0)
+                t0 = _now()
                 labels, n = label8(cloud)
                 n_all = n
                 labels, n = remove_small_objects(cloud, labels, n, MIN_OBJECT)
@@ -402,7 +419,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
                                                 **(per_object or {})}
                 del labels
                 stats["shadow_matching"] = st
-                timings["shadow_matching"] = round(time.perf_counter() - t0, 3)
+                _lap(stats, "shadow_matching", t0)
             else:
                 shadow = np.zeros(work.shape, np.bool_)
         else:
@@ -416,7 +433,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     stats["lowtemp"], stats["hightemp"] = lowtemp, hightemp
 
     # ---------------------------------------------------------------- finalisation
-    t0 = time.perf_counter()
+    t0 = _now()
     cirrus = None
     if "CIRRUS" in scene.toa:
         z = None
@@ -430,7 +447,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
                    shadow_buffer=float(params.shadow_buffer),
                    snow_buffer=float(params.snow_buffer),
                    snow_buffered_work=snow_work if gmap.identity else None)
-    timings["finalize"] = round(time.perf_counter() - t0, 3)
+    _lap(stats, "finalize", t0)
     nvalid = cnt["valid"]
     dc = _pct(nvalid, scene.qai.size)
     wc = _pct(cnt["water"], nvalid)
@@ -438,7 +455,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     cc = 100.0 if forced else _pct(cnt["cloud_or_shadow"], nvalid)
     ccu = _pct(cnt["opaque_unbuffered"], nvalid)
     stats["counts_qai"] = cnt
-    timings["total"] = round(time.perf_counter() - t_all, 3)
+    _lap(stats, "total", t_all)
     result = CloudResult(cloud_cover=cc, cloud_cover_unbuffered=ccu, water_cover=wc,
                          snow_cover=sc, data_cover=dc, skip=cc > max_frame,
                          log_fragment=f"dc: {dc:6.2f}%. wc: {wc:6.2f}%. sc: {sc:6.2f}%. "

@@ -142,7 +142,9 @@ def _opaque(qai, cloud, counts):
 
 @njit(cache=True, parallel=True)
 def _buffer_states(qai, cloud_buf, cirrus_buf, has_cirrus):
-    """Spec 01 §6.7 step 4: buffered cloud on a clear pixel → 1, else buffered cirrus → 3."""
+    """Spec 01 §6.7 step 4: buffered cloud on a clear pixel → 1, else buffered cirrus → 3 —
+    except on a confident cloud, which stays 2 (FORCE turns it into 3 where the cirrus
+    test holds, i.e. on most opaque high clouds; docs/deviations.d/clouds.md)."""
     ny, nx = qai.shape
     for i in prange(ny):
         for j in range(nx):
@@ -152,7 +154,7 @@ def _buffer_states(qai, cloud_buf, cirrus_buf, has_cirrus):
             state = (q >> 1) & 3
             if cloud_buf[i, j] and state == 0:
                 qai[i, j] = (q & np.uint16(0xFFF9)) | np.uint16(1 << 1)
-            elif has_cirrus and cirrus_buf[i, j]:
+            elif has_cirrus and cirrus_buf[i, j] and state != 2:
                 qai[i, j] = (q & np.uint16(0xFFF9)) | np.uint16(3 << 1)
 
 

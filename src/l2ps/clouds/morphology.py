@@ -24,7 +24,8 @@ from numba import njit, prange
 from scipy import ndimage
 
 __all__ = ["disk_footprint", "buffer_disk", "distance_transform", "majority_fill",
-           "fill_depressions", "fill_depressions_many", "label8", "remove_small_objects"]
+           "fill_depressions", "fill_depressions_many", "label8", "label_sizes",
+           "remove_small_objects"]
 
 
 # ----------------------------------------------------------------------------- footprint
@@ -336,16 +337,20 @@ def _priority_fill(img, out, offset, nlev):
                     head[v] = q
 
 
-def fill_depressions(img: np.ndarray) -> np.ndarray:
+def fill_depressions(img: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Fill the regional minima ("holes") of ``img`` that do not touch the image border:
     greyscale reconstruction by erosion with 8-connectivity whose marker equals ``img`` on
     the outermost rows and columns and ``max(img)`` elsewhere (spec 01 §6.5, §6.9; same as
     ``skimage.morphology.reconstruction(marker, img, method='erosion')``). Computed with a
     priority flood over a bucket queue of the integer levels (each pixel handled once; FORCE
     iterates Vincent's 1993 hybrid algorithm — same result). ``img``: int16 or uint8 (uint16
-    and int32 work when their range is < 2^24). Returns a new array of ``img``'s dtype."""
+    and int32 work when their range is < 2^24). Returns a new array of ``img``'s dtype, or
+    with ``inplace=True`` (C-contiguous ``img``) overwrites and returns ``img`` itself: the
+    flood reads a pixel's value only before it writes that pixel's fill."""
     a = np.ascontiguousarray(img)
-    out = np.empty(a.shape, dtype=a.dtype)
+    if inplace and a is not img:
+        raise TypeError("fill_depressions(inplace=True) needs a C-contiguous array")
+    out = a if inplace else np.empty(a.shape, dtype=a.dtype)
     if a.size == 0:
         return out
     lo, hi = int(a.min()), int(a.max())
@@ -355,14 +360,17 @@ def fill_depressions(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def fill_depressions_many(imgs: list[np.ndarray], threads: int = 2) -> list[np.ndarray]:
+def fill_depressions_many(imgs: list[np.ndarray], threads: int = 2, *, inplace: bool = False
+                          ) -> list[np.ndarray]:
     """:func:`fill_depressions` of several images, ``threads`` of them at a time (the
     priority flood is sequential per image and releases the GIL); same results."""
+    def one(a):
+        return fill_depressions(a, inplace=inplace)
     if threads <= 1 or len(imgs) <= 1:
-        return [fill_depressions(a) for a in imgs]
+        return [one(a) for a in imgs]
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=min(threads, len(imgs))) as pool:
-        return list(pool.map(fill_depressions, imgs))
+        return list(pool.map(one, imgs))
 
 
 # ----------------------------------------------------------------------------- labels
@@ -376,6 +384,22 @@ def label8(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return lab, int(n)
 
 
+@njit(cache=True)
+def _label_sizes(labels, counts):
+    ny, nx = labels.shape
+    for i in range(ny):
+        for j in range(nx):
+            counts[labels[i, j]] += 1
+
+
+def label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per label 0..n (int64) — ``np.bincount(labels.ravel())`` without its int64
+    copy of the whole label image."""
+    counts = np.zeros(n + 1, np.int64)
+    _label_sizes(np.ascontiguousarray(labels), counts)
+    return counts
+
+
 def remove_small_objects(mask: np.ndarray, labels: np.ndarray, n: int, nmin: int
                          ) -> tuple[np.ndarray, int]:
     """Delete objects with fewer than ``nmin`` pixels from ``mask`` (in place) and relabel
@@ -383,7 +407,7 @@ def remove_small_objects(mask: np.ndarray, labels: np.ndarray, n: int, nmin: int
     without FORCE's clearing of pixel (0, 0)."""
     if n == 0:
         return labels, 0
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    counts = label_sizes(labels, n)
     keep = counts >= nmin
     keep[0] = False
     lut = np.zeros(n + 1, dtype=np.int32)
@@ -412,6 +436,30 @@ def _relabel(labels, lut, small, clear, mask, out):
                 mask[i, j] = False
 
 
+SPLIT_SCIPY_MAX = 1 << 18   # px: windows below this use scipy's EDT (no numba launch)
+
+
+def _inner_distance(labels: np.ndarray, sl: tuple[slice, slice], k: int) -> np.ndarray:
+    """Float32 Euclidean distance of every pixel of the box ``sl`` to the nearest
+    background (label 0) pixel of the image, exact for the pixels of object ``k``: the
+    nearest non-``k`` pixel of an object pixel is background (a pixel of another
+    8-connected object has a neighbour nearer to it, which would then be non-``k`` too)
+    and lies in the box grown by one pixel, so the distance is computed on that window
+    (outside the image counts as background where the image has none: scipy's
+    convention for an object filling the image)."""
+    ny, nx = labels.shape
+    r0, r1 = max(sl[0].start - 1, 0), min(sl[0].stop + 1, ny)
+    c0, c1 = max(sl[1].start - 1, 0), min(sl[1].stop + 1, nx)
+    win = labels[r0:r1, c0:c1] != k
+    if not win.any() or win.size < SPLIT_SCIPY_MAX:
+        # scipy's float64 EDT cast to float32 = distance_float's values; cheaper per call
+        # on small windows (and scipy's convention for an object filling the image)
+        d = ndimage.distance_transform_edt(~win).astype(np.float32)
+    else:
+        d = distance_float(win)
+    return d[sl[0].start - r0:sl[0].stop - r0, sl[1].start - c0:sl[1].stop - c0]
+
+
 SPLIT_CORE = 0.5          # marker: pixels at ≥ this share of the object's largest inner distance
 SPLIT_MIN_CORE = 3        # px, minimum inner distance of a marker
 
@@ -425,19 +473,14 @@ def split_objects(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     (labels 1..m in raster order of the objects and, within an object, of its markers; m)."""
     if n == 0:
         return labels, 0
-    background = labels == 0
-    if background.any():
-        inner = distance_float(background)
-    else:       # a single object filling the image: scipy's convention
-        inner = ndimage.distance_transform_edt(labels > 0).astype(np.float32)
-    del background
     out = np.zeros(labels.shape, np.int32)
+    ny, nx = labels.shape
     m = 0
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         obj = labels[sl] == k
-        d = np.where(obj, inner[sl], 0.0)
+        d = np.where(obj, _inner_distance(labels, sl, k), 0.0)
         dmax = float(d.max())
         thr = max(float(SPLIT_MIN_CORE), SPLIT_CORE * dmax)
         core = d >= thr

@@ -85,11 +85,11 @@ def _cloud_kernel(bits, temp, vprob, swir1, a, b, lclr_max, has_water, wtemp, wc
 def _quantile_of(buf: np.ndarray, n: int, p: float) -> float:
     if n == 0:
         return 0.0
-    v = buf[:n]
+    part = buf[:n]              # scratch: partitioned in place (no copy)
     idx = float(np.float32(p)) * (n - 1)
     k = int(np.floor(idx))
     k1 = min(k + 1, n - 1)
-    part = np.partition(v, (k, k1) if k1 != k else k)
+    part.partition((k, k1) if k1 != k else k)
     return float(part[k]) + (idx - k) * (float(part[k1]) - float(part[k]))
 
 

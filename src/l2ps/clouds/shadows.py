@@ -52,13 +52,20 @@ def _prepare_fill(band, bits, dist, maxdist, bck, out):
 
 
 @njit(cache=True, parallel=True)
-def _depth_min(filled, mask, spr, rel):
-    """spr = min(spr, filled − mask); rel = min(rel, (filled − mask)/filled ×10000)."""
+def _depth_min(filled, band, bits, dist, maxdist, bck, spr, rel):
+    """spr = min(spr, filled − mask); rel = min(rel, (filled − mask)/filled ×10000), with
+    the flood's input ``mask`` recomputed as in :func:`_prepare_fill` (the flood overwrote
+    it with ``filled``)."""
     ny, nx = spr.shape
     for i in prange(ny):
         for j in range(nx):
             f = np.int32(filled[i, j])
-            d = f - np.int32(mask[i, j])
+            if (i == 0 or j == 0 or i == ny - 1 or j == nx - 1 or (bits[i, j] & 1)
+                    or dist[i, j] > maxdist):
+                m = np.int32(bck)
+            else:
+                m = np.int32(band[i, j])
+            d = f - m
             if d > 32767:
                 d = 32767
             if d < spr[i, j]:
@@ -83,20 +90,24 @@ def shadow_probability(bits: np.ndarray, nir: np.ndarray, swir1: np.ndarray,
     dist = distance_transform(cloud)
     stats = {}
     tmps = []
+    bcks = []
+    md = np.float64(maxdist)
     for name, band in (("nir", nir), ("swir1", swir1)):
         bck = int(math.trunc(quantile_int16(band, lnd, 0.175)))
         stats[f"background_{name}"] = bck
+        bcks.append(np.int16(bck))
         tmp = np.empty(bits.shape, np.int16)
-        _prepare_fill(band, bits, dist, np.float64(maxdist), np.int16(bck), tmp)
+        _prepare_fill(band, bits, dist, md, np.int16(bck), tmp)
         tmps.append(tmp)
-    del dist
-    # the two floods are sequential each; run them side by side (numba releases the GIL)
-    filled = fill_depressions_many(tmps, threads=numba.get_num_threads())
+    # the two floods are sequential each; run them side by side (numba releases the GIL);
+    # in place: the flood's input is recomputed from band, bits and dist afterwards
+    filled = fill_depressions_many(tmps, threads=numba.get_num_threads(), inplace=True)
+    del tmps
     spr = np.full(bits.shape, 32767, np.int16)
     rel = np.full(bits.shape, 10000, np.int16)
-    for f, tmp in zip(filled, tmps):
-        _depth_min(f, tmp, spr, rel)
-    del filled, tmps
+    for f, band, bck in zip(filled, (nir, swir1), bcks):
+        _depth_min(f, band, bits, dist, md, bck, spr, rel)
+    del filled, dist
     return spr, rel, stats
 
 
@@ -187,7 +198,7 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
         pr = np.empty(n, np.int64)
         pc = np.empty(n, np.int64)
         for m in range(n):
-            p = pix[a + m]
+            p = np.int64(pix[a + m])
             pr[m] = p // nx_img
             pc[m] = p - pr[m] * nx_img
         tk = np.zeros(n, np.float64)
@@ -256,7 +267,7 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
 
 @njit(cache=True)
 def _object_pixels(labels, n):
-    """Flat indices of the pixels of objects 1..n grouped by object, each in raster order,
+    """Flat indices (int32) of the pixels of objects 1..n grouped by object, each in raster order,
     and the offsets (n + 2 entries; object k is pix[start[k]:start[k+1]])."""
     ny, nx = labels.shape
     count = np.zeros(n + 2, np.int64)
@@ -269,7 +280,7 @@ def _object_pixels(labels, n):
     for k in range(1, n + 2):
         start[k] = start[k - 1] + count[k]
     fill = start.copy()
-    pix = np.empty(start[n + 1], np.int64)
+    pix = np.empty(start[n + 1], np.int32)      # flat index < 2^31 (≤ 46 340² pixels)
     for i in range(ny):
         for j in range(nx):
             lab = labels[i, j]
