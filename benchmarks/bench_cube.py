@@ -10,9 +10,20 @@ Cases (each in its own process, so that peak RSS is per case):
 * ``merge``      the 10980² scene into GLANCE7, then the same image again (reprocessing,
                  single contributor) and a second same-day image shifted by 3 km (merge
                  of two contributors);
-* ``cog_floor``  one mostly-empty 15000² x 10-band COG tile (a 768² window of data).
+* ``cog_floor``  one mostly-empty 15000² x 10-band COG tile (a 768² window of data);
+* ``scene:LND09-1`` / ``scene:SEN2A-1``  the cube stage of the pipeline on the coordinator's
+                 full-size synthetic scenes (benchmarks/scenes/<name>/DONE): products are
+                 made once (read, QAI, geometry, TOA, no cloud detection; default
+                 outputs: QAI, TOA, OVV) and cached in $BENCH_CACHE (default
+                 /tmp/l2ps_bench_cube), then ``write_cube(..., consume=True)`` into
+                 GLANCE7 COG as ``pipeline.py`` calls it. Reported: wall and CPU seconds of
+                 the call, its sub-stage timings, the RSS before and the peak RSS during
+                 the call (VmHWM reset before it), the load average;
+* ``warp:LND09-1`` / ``warp:SEN2A-1``  per band, the own warper against GDAL's
+                 (rasterio WarpedVRT, 1e-3 px) on the same scene: seconds and agreement.
 
-Run: ``nice .venv/bin/python benchmarks/bench_cube.py [case ...]``; results are merged into
+Run: ``nice .venv/bin/python benchmarks/bench_cube.py [case ...]`` (e.g.
+``scene:LND09-1 scene:SEN2A-1``); results are merged into
 benchmarks/results/cube.json. NTHREAD = 2.
 """
 from __future__ import annotations
@@ -92,11 +103,147 @@ def _boundary_origin(n: int) -> tuple[float, float]:
     return float(round(x / 10) * 10 - n * 5), float(round(y / 10) * 10 + n * 5)
 
 
+# ---------------------------------------------------------------- real scenes
+SCENES = HERE / "scenes"
+CACHE = Path(os.environ.get("BENCH_CACHE", "/tmp/l2ps_bench_cube"))
+
+
+def _scene_params(out: Path):
+    import warnings
+
+    from l2ps.demo import set_parameter_values
+    from l2ps.params import read_parameters, write_skeleton
+    d = out / "prm"
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / "level2.prm"
+    write_skeleton(f)
+    vals = {k: str(d) for k in ("DIR_LOG", "DIR_TEMP", "DIR_PROVENANCE")}
+    vals.update(DIR_LEVEL2=str(out / "cube"), FILE_QUEUE=str(d / "queue.txt"),
+                NTHREAD=str(NTHREAD), DO_ATMO="FALSE", PROJECTION="GLANCE7",
+                MAX_CLOUD_COVER_FRAME="100", MAX_CLOUD_COVER_TILE="100",
+                OUTPUT_FORMAT="COG", DO_TOPO="FALSE")
+    (out / "cube").mkdir(parents=True, exist_ok=True)
+    f.write_text(set_parameter_values(f.read_text(), vals))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_parameters(f, check_paths=False)
+
+
+def _scene_products(scene: str, params):
+    """(products, level1 summary) of a coordinator scene, cached as a pickle."""
+    import pickle
+    cache = CACHE / f"{scene}.pkl"
+    if cache.exists():
+        with open(cache, "rb") as fh:
+            return pickle.load(fh)
+    from l2ps import pipeline
+    from l2ps.level1 import open_level1
+    src = Path((SCENES / scene / "DONE").read_text().split()[0])
+    with open_level1(src) as level1:
+        sc = pipeline.prepare_scene(level1, params)
+        prods = pipeline.assemble_products(sc, params)
+        meta = dict(level1_id=level1.product_id, date=level1.date_string,
+                    sensor=level1.sensor, origin=str(level1.source),
+                    refsys_id=level1.refsys_id, acquired=level1.acquired)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump((prods, meta), fh, protocol=5)
+    os.replace(tmp, cache)
+    return prods, meta
+
+
+def _vm(key: str) -> float:
+    for ln in Path("/proc/self/status").read_text().splitlines():
+        if ln.startswith(key + ":"):
+            return round(int(ln.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _scene_case(scene: str, out: Path) -> dict:
+    import numba
+    numba.set_num_threads(NTHREAD)
+    os.environ.setdefault("GDAL_NUM_THREADS", str(NTHREAD))
+    from l2ps.cube import write_cube
+    params = _scene_params(out)
+    prods, meta = _scene_products(scene, params)
+    res: dict = {"scene": scene, "products": [f"{p.name}x{p.nbands}" for p in prods],
+                 "scene_mb": round(sum(b.nbytes for p in prods for b in p.bands) / 2**20, 1),
+                 "grid": list(prods[0].grids[0].shape)}
+    res["rss_before_mb"] = _vm("VmRSS")
+    try:                                    # reset the peak (VmHWM) to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    load0 = os.getloadavg()
+    t, c = time.perf_counter(), time.process_time()
+    r = write_cube(prods, params=params, num_threads=NTHREAD, consume=True, **meta)
+    res["cube_seconds"] = round(time.perf_counter() - t, 2)
+    res["cube_cpu_seconds"] = round(time.process_time() - c, 2)
+    res["cube_peak_rss_mb"] = _vm("VmHWM")
+    res["timings"] = r.timings
+    res["cpu_timings"] = getattr(r, "cpu_timings", {})
+    res["tiles"] = r.n_tiles
+    res["load_avg_before_after"] = [round(v, 2) for v in load0 + os.getloadavg()]
+    return res
+
+
+def _warp_case(scene: str, out: Path) -> dict:
+    """Own warper vs GDAL's, band by band, on the scene's products."""
+    import numba
+    import numpy as np
+    numba.set_num_threads(NTHREAD)
+    from l2ps.cube.continental import covered_continents  # noqa: F401
+    from l2ps.cube.grid import cube_for_params, grid_footprint, target_resolution
+    from l2ps.cube.warp import (_warp_band, gdal_warp_band, resampling_of,
+                                source_mesh)
+    params = _scene_params(out)
+    prods, meta = _scene_products(scene, params)
+    native = prods[0].grids[0]
+    cube = cube_for_params(params, grid_footprint(native, "EPSG:4326"), native)[0]
+    res_m = target_resolution(params, meta["sensor"])
+    cube.tile_pixels(res_m)
+    target = cube.aligned_grid(grid_footprint(native, cube.wkt), res_m)
+    rows = []
+    for p in prods:
+        rs = resampling_of(p)
+        meshes = {}
+        for i, (b, g) in enumerate(zip(p.bands, p.grids)):
+            if i > 2 and p.name != "QAI":
+                break                        # three bands are enough
+            t, c = time.perf_counter(), time.process_time()
+            if g not in meshes:
+                meshes[g] = source_mesh(g, target)
+            own = _warp_band(b, g, target, rs, p.nodata, NTHREAD, meshes[g])
+            t_own, c_own = time.perf_counter() - t, time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            ref = gdal_warp_band(b, g, target, rs, p.nodata, NTHREAD)
+            t_ref, c_ref = time.perf_counter() - t, time.process_time() - c
+            both = (own != p.nodata) & (ref != p.nodata)
+            d = np.abs(own.astype(np.int32) - ref)[both]
+            rows.append({"product": p.name, "band": p.band_names[i], "src": list(g.shape),
+                         "resampling": rs.name, "mesh_step": meshes[g][2],
+                         "mesh_max_error_px": float(f"{meshes[g][3]:.2e}"),
+                         "own_s": round(t_own, 2), "own_cpu_s": round(c_own, 2),
+                         "gdal_s": round(t_ref, 2), "gdal_cpu_s": round(c_ref, 2),
+                         "valid_mismatch": int(np.count_nonzero((own != p.nodata) !=
+                                                                (ref != p.nodata))),
+                         "equal_pct": round(100 * float(np.mean(d == 0)), 4) if d.size else None,
+                         "within_1_pct": round(100 * float(np.mean(d <= 1)), 4) if d.size else None})
+            del own, ref
+    return {"scene": scene, "target": list(target.shape), "bands": rows,
+            "load_avg": [round(v, 2) for v in os.getloadavg()]}
+
+
 def case(name: str) -> dict:
     from l2ps.cube.warp import warp_products  # noqa: F401  (import time not measured)
     out = Path(tempfile.mkdtemp(prefix=f"bench_cube_{name}_", dir=os.environ.get("BENCH_TMP")))
     res: dict = {"case": name, "nthread": NTHREAD}
-    if name == "s2_600":
+    if name.startswith("scene:"):
+        res.update(_scene_case(name.split(":", 1)[1], out))
+    elif name.startswith("warp:"):
+        res.update(_warp_case(name.split(":", 1)[1], out))
+    elif name == "s2_600":
         x0, y0 = _boundary_origin(600)
         res["write"] = _write(_products(600, x0, y0), _params(out, "GLANCE7"), "S2_A")
     elif name in ("full_glance7", "full_wkt30"):
@@ -165,7 +312,7 @@ def main(argv: list[str]) -> None:
             continue
         r = json.loads(p.stdout.strip().splitlines()[-1])
         r["process_s"] = round(time.perf_counter() - t, 1)
-        results.setdefault("after", {})[c] = r
+        results.setdefault(os.environ.get("BENCH_LABEL", "after"), {})[c] = r
         print(json.dumps(r))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -131,6 +131,18 @@ def test_tiles_have_tile_ul_geotransforms_and_values(tmp_path):
     assert no_temp_files(tmp_path)
 
 
+def test_result_has_sub_stage_timings_and_consume_frees_the_bands(tmp_path):
+    img = Image(10, 15)
+    prods = img.products()
+    res = write_cube(prods, level1_id="LC08_A", date="20200101", sensor="LND08",
+                     params=params(OUTPUT_FORMAT="COG", OUTPUT_OVV=True), cubes=[CUBE],
+                     out_dir=tmp_path, consume=True)
+    assert {"warp", "write", "quicklook"} <= set(res.timings)
+    assert all(isinstance(v, float) and v >= 0 for v in res.timings.values())
+    assert all(b is None for p in prods for b in p.bands)
+    np.testing.assert_array_equal(read_canvas(tmp_path), img.canvas())
+
+
 def test_max_cloud_cover_tile_is_strictly_greater(tmp_path):
     cloud = np.zeros((30, 30), bool)
     cloud[:, :15] = True                     # exactly 50 % of the single tile

@@ -15,6 +15,7 @@ only. Deviations from FORCE:
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import platform
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from numba import njit, prange
 from rasterio.io import MemoryFile
 import rasterio.shutil
 
@@ -255,10 +257,13 @@ def is_cog(path: str | os.PathLike) -> bool:
 
 
 # ============================================================== sparse tile files
+#: GDAL block cache (MB) while tile files are assembled: the copy reads every block once,
+#: so a larger cache only raises the peak memory (GDAL's default is 5 % of the RAM)
+GDAL_CACHE_MB = 128
 #: block size (pixels) of tile files, chips and temporary window files
 BLOCK = 256
 #: creation options of the temporary window files a tile file is assembled from
-_TEMP_OPTIONS = {"COMPRESS": "ZSTD", "ZSTD_LEVEL": "1"}
+_TEMP_OPTIONS = {"COMPRESS": "ZSTD", "ZSTD_LEVEL": "1", "INTERLEAVE": "BAND"}
 
 
 @dataclass(frozen=True)
@@ -354,34 +359,169 @@ def _resampling(name: str):
         return Resampling.average
 
 
+# ------------------------------------------------------------------ overviews
+@njit(cache=True, parallel=True)
+def _halve(src, r0, c0, sny, snx, nodata, average, out):  # pragma: no cover
+    """One overview level (GDAL's 2x decimation of a GTiff band, 3.10): ``src`` sits at
+    (r0, c0) of a virtual ``sny`` x ``snx`` band that is nodata elsewhere; ``out`` has
+    ceil(sny/2) x ceil(snx/2) pixels. Destination pixel i covers source pixels
+    [int(0.5 + i·r), int(0.5 + (i+1)·r)) with r = source/destination size (exactly
+    2i, 2i+1 unless the size is odd). AVERAGE: mean of the valid pixels, rounded half
+    away from zero, nodata if none; NEAREST: the first pixel of the range."""
+    dny, dnx = out.shape
+    ry = sny / dny
+    rx = snx / dnx
+    h, w = src.shape
+    for i in prange(dny):
+        y0 = int(0.5 + i * ry)
+        y1 = min(int(0.5 + (i + 1) * ry), sny)
+        if y1 <= y0:
+            y1 = y0 + 1
+        for j in range(dnx):
+            x0 = int(0.5 + j * rx)
+            x1 = min(int(0.5 + (j + 1) * rx), snx)
+            if x1 <= x0:
+                x1 = x0 + 1
+            if not average:
+                y = y0 - r0
+                x = x0 - c0
+                if 0 <= y < h and 0 <= x < w:
+                    out[i, j] = src[y, x]
+                else:
+                    out[i, j] = nodata
+                continue
+            if y1 - y0 == 2 and x1 - x0 == 2 and ry == 2.0 and rx == 2.0:
+                s = 0.0
+                n = 0
+                for y in range(max(y0 - r0, 0), min(y1 - r0, h)):
+                    for x in range(max(x0 - c0, 0), min(x1 - c0, w)):
+                        v = src[y, x]
+                        if v != nodata:
+                            s += v
+                            n += 1
+                if n == 0:
+                    out[i, j] = nodata
+                else:
+                    m = s / n
+                    out[i, j] = np.floor(m + 0.5) if m >= 0 else -np.floor(-m + 0.5)
+                continue
+            # non-integer ratio (odd size): source pixels weighted by their overlap
+            fy0 = i * ry
+            fy1 = (i + 1) * ry
+            fx0 = j * rx
+            fx1 = (j + 1) * rx
+            s = 0.0
+            sw = 0.0
+            for y in range(int(fy0), min(int(np.ceil(fy1)), sny)):
+                wy = min(y + 1.0, fy1) - max(float(y), fy0)
+                if wy <= 0.0 or y - r0 < 0 or y - r0 >= h:
+                    continue
+                for x in range(int(fx0), min(int(np.ceil(fx1)), snx)):
+                    wx = min(x + 1.0, fx1) - max(float(x), fx0)
+                    if wx <= 0.0 or x - c0 < 0 or x - c0 >= w:
+                        continue
+                    v = src[y - r0, x - c0]
+                    if v != nodata:
+                        s += wx * wy * v
+                        sw += wx * wy
+            if sw <= 0.0:
+                out[i, j] = nodata
+            else:
+                m = s / sw
+                out[i, j] = np.floor(m + 0.5) if m >= 0 else -np.floor(-m + 0.5)
+
+
+def overview_levels(band: np.ndarray, offset: tuple[int, int], shape: tuple[int, int],
+                    nlevels: int, nodata: float, resampling: str) -> list[np.ndarray]:
+    """Overview levels 2, 4, ... (``nlevels`` of them) of a band of ``shape`` pixels that
+    holds ``band`` at ``offset`` and nodata elsewhere, each computed from the previous
+    one as GDAL's GTiff overview builder does (AVERAGE or NEAREST; bit-identical to
+    ``build_overviews`` for Int16 with a nodata value)."""
+    out = []
+    src, (r0, c0), (sny, snx) = band, offset, shape
+    nd = band.dtype.type(nodata)
+    for _ in range(nlevels):
+        o = np.empty((-(-sny // 2), -(-snx // 2)), dtype=band.dtype)
+        _halve(src, r0, c0, sny, snx, nd, resampling.upper() == "AVERAGE", o)
+        out.append(o)
+        src, r0, c0, sny, snx = o, 0, 0, o.shape[0], o.shape[1]
+    return out
+
+
+def _own_overviews(overviews: tuple[list[int], str] | None) -> bool:
+    """True if :func:`overview_levels` can make these overviews (2, 4, 8, ...; AVERAGE
+    or NEAREST)."""
+    if not overviews or not overviews[0]:
+        return False
+    f = list(overviews[0])
+    return (f == [2 ** (k + 1) for k in range(len(f))] and
+            str(overviews[1]).upper() in ("AVERAGE", "NEAREST"))
+
+
 def write_window(path: str | os.PathLike, bands: list[np.ndarray], offset: tuple[int, int],
                  shape: tuple[int, int], grid: Grid | None, nodata: float | None, *,
                  options: dict[str, str] | None = None,
                  tags: dict[str, dict[str, str]] | None = None,
                  descriptions: tuple[str, ...] = (),
-                 overviews: tuple[list[int], str] | None = None) -> None:
+                 overviews: tuple[list[int], str] | None = None,
+                 clock=None) -> tuple[str, ...]:
     """Write a tiled, sparse GeoTIFF of ``shape`` (rows, cols) pixels whose band ``i``
     holds ``bands[i]`` with its upper-left pixel at ``offset`` (row, col); everything
-    else is nodata (empty blocks are not stored). ``overviews`` = (factors, resampling)
-    builds internal overviews. Used for contribution chips and for the temporary window
-    files a tile file is assembled from (:func:`write_tile`)."""
+    else is nodata (empty blocks are not stored). Used for contribution chips and for
+    the temporary window files a tile file is assembled from (:func:`write_tile`).
+
+    ``bands`` may be lazily computed (``np.asarray`` is called once per band, and the
+    band is dropped before the next one). ``overviews`` = (factors, resampling): with
+    factors 2, 4, ... and AVERAGE or NEAREST (and a nodata value), the levels are
+    computed here from the band in memory (:func:`overview_levels`) and written to
+    separate files ``<path>.ovr<f>.tif`` whose paths are returned; otherwise GDAL builds
+    internal overviews and () is returned. ``clock``: optional timer (see
+    l2ps.cube.write), section "overviews"."""
+    from rasterio.windows import Window as RioWindow
     profile = window_profile(shape, grid, nodata, len(bands), options)
     r, c = offset
-    with rasterio.open(str(path), "w", **profile) as ds:
+    own = _own_overviews(overviews) and nodata is not None
+    timer = clock or (lambda name: contextlib.nullcontext())
+    ovr_paths: list[str] = []
+    with contextlib.ExitStack() as stack:
+        ds = stack.enter_context(rasterio.open(str(path), "w", **profile))
+        ovr_ds = []
+        if own:
+            sny, snx = shape
+            for f in overviews[0]:
+                sny, snx = -(-sny // 2), -(-snx // 2)
+                g = None
+                if grid is not None:
+                    g = Grid(grid.crs_wkt, grid.x0, grid.y0, grid.dx * f, grid.dy * f,
+                             snx, sny)
+                op = f"{path}.ovr{f}.tif"
+                ovr_paths.append(op)
+                ovr_ds.append(stack.enter_context(rasterio.open(
+                    op, "w", **window_profile((sny, snx), g, nodata, len(bands), options))))
         for domain, items in (tags or {}).items():
             if items:
                 ds.update_tags(ns=domain, **items)
         for i, b in enumerate(bands):
             if i < len(descriptions):
                 ds.set_band_description(i + 1, descriptions[i])
+            b = np.asarray(b)       # a lazily warped window is computed here
             if b.dtype == np.uint16:
                 b = b.view(np.int16)
             h, w = b.shape
             if h and w:
-                from rasterio.windows import Window as RioWindow
                 ds.write(b, i + 1, window=RioWindow(c, r, w, h))
-        if overviews and overviews[0]:
-            ds.build_overviews(list(overviews[0]), _resampling(overviews[1]))
+            if own:
+                with timer("overviews"):
+                    levels = overview_levels(np.ascontiguousarray(b), offset, shape,
+                                             len(ovr_ds), nodata, overviews[1])
+                for o, lv in zip(ovr_ds, levels):
+                    o.write(lv, i + 1)
+                del levels
+            del b
+        if overviews and overviews[0] and not own:
+            with timer("overviews"):
+                ds.build_overviews(list(overviews[0]), _resampling(overviews[1]))
+    return tuple(ovr_paths)
 
 
 @dataclass(frozen=True)
@@ -394,6 +534,8 @@ class Layer:
     row: int
     col: int
     overviews: tuple[int, ...] = ()
+    #: the overview levels as separate files (:func:`write_window`), else internal
+    overview_paths: tuple[str, ...] = ()
 
     def aligned(self, f: int) -> bool:
         return all(v % f == 0 for v in (self.src.row, self.src.col, self.row, self.col))
@@ -444,10 +586,13 @@ def _vrt_xml(ny: int, nx: int, grid: Grid | None, nbands: int, spec: RasterSpec 
             s = layer.src
             r0, c0 = s.row // f, s.col // f
             h, w = -(-s.row1 // f) - r0, -(-s.col1 // f) - c0
+            src_path = layer.path
             oo = ("" if level is None else
                   f'<OpenOptions><OOI key="OVERVIEW_LEVEL">{level}</OOI></OpenOptions>')
+            if level is not None and level < len(layer.overview_paths):
+                src_path, oo = layer.overview_paths[level], ""
             parts.append(
-                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(layer.path)}'
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(src_path)}'
                 f"</SourceFilename>{oo}<SourceBand>{b}</SourceBand>"
                 f'<SrcRect xOff="{c0}" yOff="{r0}" xSize="{w}" ySize="{h}"/>'
                 f'<DstRect xOff="{layer.col // f}" yOff="{layer.row // f}" xSize="{w}" '
@@ -498,7 +643,9 @@ def write_tile(path: str | os.PathLike, grid: Grid, nbands: int, fmt: OutputForm
     vrt = tmpdir / f".tile-{os.getpid()}.vrt"
     vrt.write_text(_vrt_xml(ny, nx, grid, nbands, spec, [(lay, None, 1) for lay in layers],
                             overview_files))
-    env = {"GDAL_PAM_ENABLED": "NO"} if sparse else {}
+    env: dict[str, Any] = {"GDAL_CACHEMAX": GDAL_CACHE_MB}
+    if sparse:
+        env["GDAL_PAM_ENABLED"] = "NO"
     with rasterio.Env(**env):
         rshutil.copy(str(vrt), str(path), driver=fmt.driver, strict=False, **opts)
         if not sparse:

@@ -30,6 +30,7 @@ at the scene edges (FORCE does not re-synchronise after warping).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import replace
@@ -39,6 +40,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioDeprecationWarning
 from rasterio.vrt import WarpedVRT
+from numba import njit, prange
 
 from .. import qai as qai_mod
 from ..errors import GridError
@@ -94,10 +96,10 @@ def paste(src: np.ndarray, row: int, col: int, dst: np.ndarray) -> None:
     dst[..., r0:r1, c0:c1] = src[..., r0 - row:r1 - row, c0 - col:c1 - col]
 
 
-def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, nodata,
-               num_threads: int) -> np.ndarray:
-    """Warp one band on ``src`` onto ``dst`` (GDAL reads the numpy array in place: no copy
-    of the source is made); returns a new (ny, nx) array of ``band``'s dtype."""
+def gdal_warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, nodata,
+                   num_threads: int = 1, tolerance: float = TOLERANCE) -> np.ndarray:
+    """Warp one band with GDAL's warper (the reference for :func:`_warp_band`; used by the
+    tests and benchmarks/bench_cube.py); GDAL reads the numpy array in place."""
     from rasterio._io import MemoryDataset     # rasterio's own no-copy wrapper (1.4)
     out = np.empty((1, dst.ny, dst.nx), dtype=band.dtype)
     with warnings.catch_warnings():
@@ -106,40 +108,304 @@ def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, n
         with MemoryDataset(np.ascontiguousarray(band), transform=src.transform,
                            crs=src.crs) as ds, WarpedVRT(
                 ds, crs=dst.crs, transform=dst.transform, width=dst.nx, height=dst.ny,
-                resampling=resampling, tolerance=TOLERANCE, src_nodata=nodata,
+                resampling=resampling, tolerance=tolerance, src_nodata=nodata,
                 nodata=nodata, init_dest_nodata=True, warp_mem_limit=MAX_MEM // 2**20,
                 warp_extras={"NUM_THREADS": str(max(int(num_threads), 1))}) as vrt:
             vrt.read([1], out=out)
     return out[0]
 
 
-def _warp_pass(bands: list[np.ndarray], src: Grid, dst: Grid, resampling: Resampling,
-               nodata, num_threads: int) -> np.ndarray:
-    """Warp bands sharing the grid ``src`` onto ``dst``; returns (n, ny, nx). Each band is
-    warped on its own (see :func:`warp_product`)."""
-    out = np.empty((len(bands), dst.ny, dst.nx), dtype=bands[0].dtype)
-    for i, b in enumerate(bands):
-        out[i] = _warp_band(b, src, dst, resampling, nodata, num_threads)
+# ------------------------------------------------------------------ own warper
+#: target pixels between exact PROJ evaluations of the coordinate mesh (refined until the
+#: interpolation error is below :data:`TOLERANCE`)
+MESH_STEP = 32
+_NEAREST, _BILINEAR, _CUBIC = 0, 1, 2
+_KIND = {Resampling.nearest: _NEAREST, Resampling.bilinear: _BILINEAR,
+         Resampling.cubic: _CUBIC}
+
+
+def _mesh_nodes(n: int, step: int) -> np.ndarray:
+    """Target pixel indices of the mesh nodes along one axis: 0, step, ..., one node
+    beyond pixel n-1 (so that every pixel has a node on either side)."""
+    return np.arange((max(n, 1) - 1) // step + 2, dtype=np.float64) * step
+
+
+def _exact_source_coords(src: Grid, dst: Grid, rows: np.ndarray, cols: np.ndarray,
+                         transformer) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous source pixel coordinates (col u, row v; pixel corners at integers) of
+    the centres of target pixels ``rows`` x ``cols`` (2-D outer product), by PROJ; NaN
+    where the transformation fails."""
+    x = dst.x0 + (cols + 0.5) * dst.dx
+    y = dst.y0 - (rows + 0.5) * dst.dy
+    xx, yy = np.meshgrid(x, y)
+    if transformer is None:
+        sx, sy = xx, yy
+    else:
+        sx, sy = transformer.transform(xx, yy, errcheck=False)
+        sx, sy = np.asarray(sx, np.float64), np.asarray(sy, np.float64)
+    u = (sx - src.x0) / src.dx
+    v = (src.y0 - sy) / src.dy
+    bad = ~(np.isfinite(u) & np.isfinite(v))
+    u[bad] = np.nan
+    v[bad] = np.nan
+    return u, v
+
+
+def source_mesh(src: Grid, dst: Grid, step: int = MESH_STEP,
+                tolerance: float = TOLERANCE) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Source pixel coordinates (u, v) of the target pixel centres at every ``step``-th
+    row and column of ``dst`` (nodes anchored at target pixel (0, 0), so that any window
+    of the target is resampled exactly as in the whole), evaluated exactly with PROJ.
+
+    The error of bilinear interpolation between the nodes is checked at the centre of
+    every mesh cell and at the midpoints of its edges against an exact evaluation; while
+    it exceeds ``tolerance`` (source pixels) the step is halved (to 1 = exact at every
+    pixel). Returns (u, v, step, max error found)."""
+    from pyproj import Transformer
+    t = None if src.same_crs(dst) else Transformer.from_crs(dst.crs_wkt, src.crs_wkt,
+                                                             always_xy=True)
+    while True:
+        rows, cols = _mesh_nodes(dst.ny, step), _mesh_nodes(dst.nx, step)
+        u, v = _exact_source_coords(src, dst, rows, cols, t)
+        if step == 1 or t is None:
+            return u, v, step, 0.0
+        h = step / 2.0
+        err = 0.0
+        # cell centres and the midpoints of horizontal and vertical cell edges
+        for ro, co in ((h, h), (0.0, h), (h, 0.0)):
+            rr = rows[:-1] + ro if ro else rows
+            cc = cols[:-1] + co if co else cols
+            eu, ev = _exact_source_coords(src, dst, rr, cc, t)
+            if ro and co:
+                iu = 0.25 * (u[:-1, :-1] + u[1:, :-1] + u[:-1, 1:] + u[1:, 1:])
+                iv = 0.25 * (v[:-1, :-1] + v[1:, :-1] + v[:-1, 1:] + v[1:, 1:])
+            elif co:
+                iu, iv = 0.5 * (u[:, :-1] + u[:, 1:]), 0.5 * (v[:, :-1] + v[:, 1:])
+            else:
+                iu, iv = 0.5 * (u[:-1] + u[1:]), 0.5 * (v[:-1] + v[1:])
+            d = np.hypot(eu - iu, ev - iv)
+            # only where the source is near: far outside, errors do not matter
+            near = ((eu > -4) & (eu < src.nx + 4) & (ev > -4) & (ev < src.ny + 4))
+            if d.size and np.any(near):
+                e = np.nanmax(np.where(near, d, 0.0))
+                err = max(err, float(e) if np.isfinite(e) else np.inf)
+        if err <= tolerance:
+            return u, v, step, err
+        step = max(step // 2, 1)
+
+
+@njit(cache=True)
+def _cubic_w(t: float) -> float:
+    """Cubic convolution kernel, a = -0.5 (Keys 1981; GDAL's "cubic")."""
+    t = abs(t)
+    if t <= 1.0:
+        return (1.5 * t - 2.5) * t * t + 1.0
+    if t < 2.0:
+        return ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
+    return 0.0
+
+
+@njit(cache=True)
+def _finish(acc, nodata, has_nodata, lo, hi):
+    """Rounded half up, clamped to [lo, hi], moved off the nodata value by one (GDAL)."""
+    val = np.floor(acc + 0.5)
+    if val < lo:
+        val = lo
+    elif val > hi:
+        val = hi
+    if has_nodata and val == nodata:
+        val = nodata + 1.0 if nodata + 1.0 <= hi else nodata - 1.0
+    return val
+
+
+@njit(cache=True)
+def _weighted(src, ox, oy, wx, wy, nx_, ny_, nodata, has_nodata):
+    """(sum of weight x value, sum of weights) over the valid pixels of the window
+    ``nx_`` x ``ny_`` at (ox, oy) of ``src``; pixels outside ``src`` are invalid."""
+    sny, snx = src.shape
+    acc = 0.0
+    wsum = 0.0
+    for p in range(ny_):
+        yy = oy + p
+        if yy < 0 or yy >= sny or wy[p] == 0.0:
+            continue
+        for q in range(nx_):
+            xx = ox + q
+            w = wx[q] * wy[p]
+            if xx < 0 or xx >= snx or w == 0.0:
+                continue
+            s = src[yy, xx]
+            if has_nodata and s == nodata:
+                continue
+            acc += w * s
+            wsum += w
+    return acc, wsum
+
+
+@njit(cache=True, parallel=True)
+def _resample(src, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi, sx, sy,
+              out):  # pragma: no cover
+    """Resample ``src`` (int16/uint16) into ``out`` = rows r0.., cols c0.. of the target.
+
+    Source positions: linear between the mesh nodes (mu, mv; spacing ``step``, anchored
+    at target pixel (0, 0), so a window gives the same values as the whole). A target
+    pixel is nodata when its source position lies outside the source or on a nodata
+    source pixel. Otherwise (GDAL's warper with a source nodata value): nearest takes
+    that pixel; bilinear uses the valid pixels of its 2x2 neighbourhood with renormalised
+    weights; cubic (a = -0.5) uses the 4x4 neighbourhood and falls back to bilinear when
+    one of those 16 pixels is invalid or outside. When downsampling (scale ``sx``/``sy``
+    < 0.95), bilinear and cubic kernels are widened by 1/scale and renormalised over the
+    valid pixels. Results are rounded half up, clamped, and moved off the nodata value."""
+    ny, nx = out.shape
+    sny, snx = src.shape
+    inv = 1.0 / step
+    nrb = (ny + 31) // 32
+    wide = kind != 0 and (sx < 0.95 or sy < 0.95)
+    rad = 1.0 if kind == 1 else 2.0
+    rx = int(np.ceil(rad / sx)) if wide else 2
+    ry = int(np.ceil(rad / sy)) if wide else 2
+    for rb in prange(nrb):
+        wx = np.empty(max(2 * rx, 4))
+        wy = np.empty(max(2 * ry, 4))
+        for i in range(rb * 32, min(ny, rb * 32 + 32)):
+            gi = i + r0
+            a = gi // step
+            fa = (gi - a * step) * inv
+            j = 0
+            while j < nx:
+                gj = j + c0
+                b = gj // step
+                # along this row inside mesh cell b, u and v are linear in the column
+                uL = (1.0 - fa) * mu[a, b] + fa * mu[a + 1, b]
+                uR = (1.0 - fa) * mu[a, b + 1] + fa * mu[a + 1, b + 1]
+                vL = (1.0 - fa) * mv[a, b] + fa * mv[a + 1, b]
+                vR = (1.0 - fa) * mv[a, b + 1] + fa * mv[a + 1, b + 1]
+                du = (uR - uL) * inv
+                dv = (vR - vL) * inv
+                jend = min(nx, (b + 1) * step - c0)
+                for jj in range(j, jend):
+                    k = jj + c0 - b * step
+                    u = uL + k * du
+                    v = vL + k * dv
+                    out[i, jj] = nodata
+                    if not (u >= 0.0 and u < snx and v >= 0.0 and v < sny):
+                        continue
+                    c = src[int(v), int(u)]
+                    if has_nodata and c == nodata:
+                        continue
+                    if kind == 0:
+                        out[i, jj] = c
+                        continue
+                    x = u - 0.5
+                    y = v - 0.5
+                    ix = int(np.floor(x))
+                    iy = int(np.floor(y))
+                    fx = x - ix
+                    fy = y - iy
+                    if wide:
+                        for t in range(2 * rx):
+                            d = (t - rx + 1 - fx) * sx
+                            wx[t] = max(1.0 - abs(d), 0.0) if kind == 1 else _cubic_w(d)
+                        for t in range(2 * ry):
+                            d = (t - ry + 1 - fy) * sy
+                            wy[t] = max(1.0 - abs(d), 0.0) if kind == 1 else _cubic_w(d)
+                        acc, wsum = _weighted(src, ix - rx + 1, iy - ry + 1, wx, wy,
+                                              2 * rx, 2 * ry, nodata, has_nodata)
+                        if abs(wsum) >= 1e-5:
+                            out[i, jj] = _finish(acc / wsum, nodata, has_nodata, lo, hi)
+                        continue
+                    if kind == 2 and ix >= 1 and iy >= 1 and ix + 2 < snx and iy + 2 < sny:
+                        # interior 4x4: plain cubic unless a pixel is nodata
+                        w0 = ((-0.5 * fx + 1.0) * fx - 0.5) * fx
+                        w1 = (1.5 * fx - 2.5) * fx * fx + 1.0
+                        w2 = ((-1.5 * fx + 2.0) * fx + 0.5) * fx
+                        w3 = (0.5 * fx - 0.5) * fx * fx
+                        wy[0] = ((-0.5 * fy + 1.0) * fy - 0.5) * fy
+                        wy[1] = (1.5 * fy - 2.5) * fy * fy + 1.0
+                        wy[2] = ((-1.5 * fy + 2.0) * fy + 0.5) * fy
+                        wy[3] = (0.5 * fy - 0.5) * fy * fy
+                        acc = 0.0
+                        ok = True
+                        for p in range(4):
+                            yy = iy - 1 + p
+                            s0 = src[yy, ix - 1]
+                            s1 = src[yy, ix]
+                            s2 = src[yy, ix + 1]
+                            s3 = src[yy, ix + 2]
+                            if has_nodata and (s0 == nodata or s1 == nodata or
+                                               s2 == nodata or s3 == nodata):
+                                ok = False
+                                break
+                            acc += wy[p] * (w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3)
+                        if ok:
+                            out[i, jj] = _finish(acc, nodata, has_nodata, lo, hi)
+                            continue
+                    # bilinear (also cubic's fallback near edges and nodata)
+                    wx[0] = 1.0 - fx
+                    wx[1] = fx
+                    wy[0] = 1.0 - fy
+                    wy[1] = fy
+                    acc, wsum = _weighted(src, ix, iy, wx, wy, 2, 2, nodata, has_nodata)
+                    if abs(wsum) < 1e-5:
+                        continue
+                    if wsum != 1.0:
+                        acc = acc / wsum
+                    out[i, jj] = _finish(acc, nodata, has_nodata, lo, hi)
+                j = jend
+
+
+def _scales(u: np.ndarray, v: np.ndarray, step: int) -> tuple[float, float]:
+    """GDAL's resampling scales (target pixels per source pixel, at most 1) along x and
+    y, from the mesh: the median length, in source pixels, of one target pixel step."""
+    du = np.hypot(np.diff(u, axis=1), np.diff(v, axis=1)) / step
+    dv = np.hypot(np.diff(u, axis=0), np.diff(v, axis=0)) / step
+    mx = float(np.nanmedian(du)) if np.isfinite(du).any() else 1.0
+    my = float(np.nanmedian(dv)) if np.isfinite(dv).any() else 1.0
+    return min(1.0, 1.0 / mx) if mx > 0 else 1.0, min(1.0, 1.0 / my) if my > 0 else 1.0
+
+
+def _resample_window(band: np.ndarray, mesh, kind: int, nodata, row: int, col: int,
+                     height: int, width: int) -> np.ndarray:
+    """Rows ``row``.. and columns ``col``.. (``height`` x ``width``) of the target,
+    resampled from ``band`` with ``mesh`` = (u, v, step, ...) of the whole target."""
+    u, v, step = mesh[:3]
+    out = np.empty((height, width), dtype=band.dtype)
+    if height == 0 or width == 0:
+        return out
+    has = nodata is not None
+    nd = float(nodata) if has else 0.0
+    info = np.iinfo(band.dtype)
+    sx, sy = _scales(u, v, int(step))
+    _resample(band, u, v, int(step), int(row), int(col), kind, nd, has, float(info.min),
+              float(info.max), sx, sy, out)
     return out
+
+
+def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, nodata,
+               num_threads: int = 1, mesh=None) -> np.ndarray:
+    """Warp one band on ``src`` onto ``dst``; returns a new (ny, nx) array of ``band``'s
+    dtype. ``mesh`` = (u, v, step, ...) from :func:`source_mesh` (computed when None).
+    The thread count is numba's (results do not depend on it)."""
+    if mesh is None:
+        mesh = source_mesh(src, dst)
+    return _resample_window(np.ascontiguousarray(band), mesh, _KIND[resampling], nodata,
+                            0, 0, dst.ny, dst.nx)
 
 
 def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
                  max_mem: int = MAX_MEM, consume: bool = False) -> Product:
     """``product`` with every band on ``target`` (same dtype; QAI nearest-neighbour and
-    normalised: every nodata pixel is exactly 1).
+    normalised: every nodata pixel is exactly 1), computed now, band by band.
 
-    Band by band: GDAL reads each source band in place and writes one target band, so the
-    memory beyond the source and the result is one warped band (``max_mem`` is GDAL's
-    warp memory limit per chunk). Each band's nodata is its own (a pass over several bands
-    made GDAL treat a pixel as nodata only where every band of the pass was nodata, so a
-    band's own nodata value could enter the cubic kernel as a value). ``consume=True``
-    drops each source band from ``product.bands`` (sets it to None, in place) once it is
-    warped, so that its memory is freed as the warped bands are made (the caller must not
-    need the source afterwards)."""
+    Each band's nodata is its own. ``consume=True`` drops each source band from
+    ``product.bands`` (sets it to None, in place) once it is warped, so that its memory
+    is freed as the warped bands are made (the caller must not need the source
+    afterwards). ``max_mem`` is kept for compatibility (the warp needs no chunking)."""
     nodata = product.nodata
     resampling = resampling_of(product)
     out_bands: list[np.ndarray | None] = [None] * product.nbands
     grids = list(product.grids)
+    meshes: dict[Grid, tuple] = {}           # one coordinate mesh per source grid
     for i, g in enumerate(grids):
         band = product.bands[i]
         if band is None:
@@ -149,7 +415,9 @@ def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
             b = np.full(target.shape, nodata, dtype=band.dtype)
             paste(band, off[0], off[1], b)
         else:
-            b = _warp_band(band, g, target, resampling, nodata, num_threads)
+            if g not in meshes:
+                meshes[g] = source_mesh(g, target)
+            b = _warp_band(band, g, target, resampling, nodata, num_threads, meshes[g])
         out_bands[i] = b
         del band
         if consume and isinstance(product.bands, list):
@@ -186,12 +454,137 @@ def resync_nodata(products: list[Product]) -> None:
 def warp_products(products: list[Product], target: Grid, *, num_threads: int = 1,
                   resync: bool = True, max_mem: int = MAX_MEM,
                   consume: bool = False) -> list[Product]:
-    """Warp every product onto ``target`` (band by band), then re-synchronise nodata
+    """Warp every product onto ``target`` now (band by band), then re-synchronise nodata
     between QAI and the other products (see module docstring). ``consume``: see
-    :func:`warp_product`."""
-    with rasterio.Env(GDAL_NUM_THREADS=str(max(int(num_threads), 1))):
+    :func:`warp_product`. :func:`warp_products_lazy` gives the same pixels without
+    holding the warped products."""
+    with _numba_threads(num_threads):
         out = [warp_product(p, target, num_threads=num_threads, max_mem=max_mem,
                             consume=consume) for p in products]
     if resync:
         resync_nodata(out)
+    return out
+
+
+# ----------------------------------------------------------------- lazy warping
+@contextlib.contextmanager
+def _numba_threads(n: int):
+    """numba's thread count set to ``n`` (at most its pool size) inside the block."""
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+class WarpedBand:
+    """One band of a product on the target grid, resampled only when a window of it is
+    used: ``band[rows, cols]`` (two slices) gives a :class:`WarpedWindow`, and
+    ``np.asarray`` of that computes the pixels. Every window equals the same window of
+    the whole warped band (the coordinate mesh is anchored at the target's pixel (0, 0)).
+    Where ``qai`` (the warped QAI) is nodata, the band is nodata (resync, spec 03 P4)."""
+
+    def __init__(self, source: np.ndarray, src: Grid, target: Grid, kind: int, nodata,
+                 mesh, qai: np.ndarray | None, clock=None):
+        self.source, self.src, self.target = source, src, target
+        self.kind, self.nodata, self.mesh, self.qai = kind, nodata, mesh, qai
+        self.clock = clock
+        self.offset = integer_offset(src, target)
+        self.shape = (target.ny, target.nx)
+        self.dtype = source.dtype
+
+    def __getitem__(self, key) -> "WarpedWindow":
+        rows, cols = key
+        r0, r1, _ = rows.indices(self.shape[0])
+        c0, c1, _ = cols.indices(self.shape[1])
+        return WarpedWindow(self, r0, c0, max(r1 - r0, 0), max(c1 - c0, 0))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:, :], dtype=dtype)
+
+    def compute(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        with (self.clock("warp") if self.clock else contextlib.nullcontext()):
+            if self.offset is not None:
+                out = np.full((height, width), self.nodata, dtype=self.dtype)
+                paste(self.source, self.offset[0] - row, self.offset[1] - col, out)
+            else:
+                out = _resample_window(self.source, self.mesh, self.kind, self.nodata,
+                                       row, col, height, width)
+            if self.qai is not None:
+                out[qai_mod.is_nodata(self.qai[row:row + height, col:col + width])] = \
+                    self.nodata
+        return out
+
+
+class WarpedWindow:
+    """A window of a :class:`WarpedBand`; ``np.asarray`` computes its pixels."""
+
+    def __init__(self, band: WarpedBand, row: int, col: int, height: int, width: int):
+        self.band, self.row, self.col = band, row, col
+        self.shape = (height, width)
+        self.dtype = band.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.band.compute(self.row, self.col, *self.shape)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+
+def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: int = 1,
+                       clock=None) -> list[Product]:
+    """The products on ``target`` as :func:`warp_products` gives them (resync included),
+    but only QAI is warped now (nearest, in memory); every other band is a
+    :class:`WarpedBand` resampled window by window when written, so that the memory
+    beyond the source scene is the warped QAI plus one band window at a time.
+
+    QAI becomes nodata where every BOA/TOA band would be nodata after warping: a warped
+    band is valid exactly where the source pixel containing the target pixel centre is
+    valid (for every resampling, :func:`_resample`), so this mask is the nearest-neighbour
+    warp of "any band valid" per source grid, ANDed over the grids. The source arrays
+    must stay unchanged while the returned products are used."""
+    clock = clock or (lambda name: contextlib.nullcontext())
+    meshes: dict[Grid, tuple] = {}
+
+    def mesh(g: Grid):
+        if g not in meshes and integer_offset(g, target) is None:
+            meshes[g] = source_mesh(g, target)
+        return meshes.get(g)
+
+    with _numba_threads(num_threads), clock("warp"):
+        qai_p = next(p for p in products if p.name == "QAI")
+        q = warp_product(qai_p, target, num_threads=num_threads).bands[0]
+        refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
+        if refl is not None and refl.nbands:
+            all_nd = np.ones(q.shape, dtype=bool)
+            by_grid: dict[Grid, list[int]] = {}
+            for i, g in enumerate(refl.grids):
+                by_grid.setdefault(g, []).append(i)
+            for g, idx in by_grid.items():
+                anyv = np.zeros(refl.bands[idx[0]].shape, dtype=np.uint8)
+                for i in idx:
+                    anyv |= refl.bands[i] != refl.nodata
+                off = integer_offset(g, target)
+                if off is not None:
+                    w = np.zeros(target.shape, dtype=np.uint8)
+                    paste(anyv, off[0], off[1], w)
+                else:
+                    w = _resample_window(anyv, mesh(g), _NEAREST, 0, 0, 0, target.ny,
+                                         target.nx)
+                del anyv
+                all_nd &= w == 0
+                del w
+            q[all_nd] = qai_mod.QAI_NODATA
+            del all_nd
+    out = []
+    for p in products:
+        if p.name == "QAI":
+            out.append(replace(p, bands=[q], grids=[target]))
+            continue
+        kind = _KIND[resampling_of(p)]
+        with clock("warp"):
+            bands = [WarpedBand(np.ascontiguousarray(b), g, target, kind, p.nodata, mesh(g),
+                                q if p.name != "OVV" else None, clock=clock)
+                     for b, g in zip(p.bands, p.grids)]
+        out.append(replace(p, bands=bands, grids=[target] * p.nbands))
     return out

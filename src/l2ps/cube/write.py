@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +53,7 @@ from .grid import (Datacube, as_bool, cube_for_params, grid_footprint, param,
 from .lock import _is_gdal_error
 from .lock import (DEFAULT_LOCK_TIMEOUT, append_line, atomic_write, file_locks, makedirs,
                    remove_quietly)
-from .warp import warp_products
+from .warp import _numba_threads, warp_products, warp_products_lazy  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,47 @@ class CubeResult:
     tiles_empty: list[str] = field(default_factory=list)
     tiles_not_allowed: list[str] = field(default_factory=list)
     cubes: list[Datacube] = field(default_factory=list)
+    #: seconds per sub-stage (exclusive, wall): "warp", "write" (tile files and chips,
+    #: compression), "overviews", "merge", "quicklook", "analysis" (data windows, cloud
+    #: cover, DST)
+    timings: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds (all threads of the process) per sub-stage, as ``timings``
+    cpu_timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_tiles(self) -> int:
         return len(self.tiles_written)
+
+
+class _Clock:
+    """Exclusive wall time per named section: ``with clock("warp"): ...``; a nested
+    section pauses the enclosing one, so the times add up to the total."""
+
+    def __init__(self, times: dict[str, float], cpu: dict[str, float] | None = None):
+        self.times = times
+        self.cpu = cpu if cpu is not None else {}
+        self._stack: list[list] = []
+
+    def _add(self, entry: list, now: float, cnow: float) -> None:
+        self.times[entry[0]] = self.times.get(entry[0], 0.0) + now - entry[1]
+        self.cpu[entry[0]] = self.cpu.get(entry[0], 0.0) + cnow - entry[2]
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        now, cnow = time.perf_counter(), time.process_time()
+        if self._stack:
+            self._add(self._stack[-1], now, cnow)
+        self._stack.append([name, now, cnow])
+        try:
+            yield
+        finally:
+            end, cend = time.perf_counter(), time.process_time()
+            self._add(self._stack.pop(), end, cend)
+            if self._stack:
+                self._stack[-1][1:] = [end, cend]
+
+
+_NO_CLOCK = _Clock({})
 
 
 # ======================================================================= FILE_TILE
@@ -306,7 +344,8 @@ class _GroupWriter:
     def __init__(self, folder: Path, prefix: str, fmt: formats.OutputFormat, *,
                  level1_id: str, sensor: str, date_time: str, param_log: str,
                  origin: str, provenance_dir: str | None, lock_timeout: float,
-                 num_threads: int = 1):
+                 num_threads: int = 1, clock: _Clock = _NO_CLOCK):
+        self.clock = clock
         self.folder, self.prefix, self.fmt = folder, prefix, fmt
         self.ident = _safe_id(level1_id)
         self.sensor, self.date_time, self.param_log = sensor, date_time, param_log
@@ -351,9 +390,10 @@ class _GroupWriter:
 
     def _write_tile(self, path: Path, grid: Grid, product: Product, spec: formats.RasterSpec,
                     layers: list[formats.Layer], tmp: Path) -> None:
-        atomic_write(path, lambda t: formats.write_tile(
-            t, grid, product.nbands, self.fmt, spec, product.name, layers, tmp,
-            num_threads=self.num_threads))
+        with self.clock("write"):
+            atomic_write(path, lambda t: formats.write_tile(
+                t, grid, product.nbands, self.fmt, spec, product.name, layers, tmp,
+                num_threads=self.num_threads))
 
     def _window_layer(self, product: Product, bands: list[np.ndarray], win: formats.Window,
                       aligned: formats.Window, grid: Grid, tmp: Path) -> formats.Layer:
@@ -361,12 +401,14 @@ class _GroupWriter:
         covering ``aligned`` (with the tile file's overviews for COG)."""
         ovr = self._overviews(product, grid)
         p = tmp / f"{product.name}.new.tif"
-        with _temp_errors(self.path(product.name)):
-            formats.write_window(p, bands, (win.row - aligned.row, win.col - aligned.col),
-                                 (aligned.height, aligned.width), _window_grid(grid, aligned),
-                                 product.nodata, overviews=ovr)
+        with _temp_errors(self.path(product.name)), self.clock("write"):
+            ovr_files = formats.write_window(
+                p, bands, (win.row - aligned.row, win.col - aligned.col),
+                (aligned.height, aligned.width), _window_grid(grid, aligned),
+                product.nodata, overviews=ovr, clock=self.clock)
         return formats.Layer(str(p), formats.Window(0, 0, aligned.height, aligned.width),
-                             aligned.row, aligned.col, tuple(ovr[0]) if ovr else ())
+                             aligned.row, aligned.col, tuple(ovr[0]) if ovr else (),
+                             ovr_files)
 
     def _chip_tags(self, ident: str, date: str, param_: str, window: formats.Window):
         return {"L2PS": {"DATE": date, "PARAM": param_, "CONTRIBUTOR": ident,
@@ -377,11 +419,13 @@ class _GroupWriter:
         """This image's contribution chip: the aligned data window only."""
         makedirs(self.contrib)
         path = self.chip_path(self.ident, product.name)
-        atomic_write(path, lambda t: formats.write_window(
-            t, bands, (win.row - aligned.row, win.col - aligned.col),
-            (aligned.height, aligned.width), _window_grid(grid, aligned), product.nodata,
-            options=_CHIP_FORMAT.options, descriptions=tuple(product.band_names),
-            tags=self._chip_tags(self.ident, self.date_time, self.param_log, aligned)))
+        with self.clock("merge"):
+            atomic_write(path, lambda t: formats.write_window(
+                t, bands, (win.row - aligned.row, win.col - aligned.col),
+                (aligned.height, aligned.width), _window_grid(grid, aligned),
+                product.nodata, options=_CHIP_FORMAT.options,
+                descriptions=tuple(product.band_names),
+                tags=self._chip_tags(self.ident, self.date_time, self.param_log, aligned)))
         return _Chip(self.ident, path, aligned, self.date_time, self.param_log)
 
     def _extract_chip(self, ident: str, product: Product, source: Path,
@@ -394,9 +438,10 @@ class _GroupWriter:
         spec = formats.RasterSpec(tuple(product.band_names), product.nodata,
                                   self._chip_tags(ident, date, param_, window))
         layer = formats.Layer(str(source), window, 0, 0)
-        atomic_write(path, lambda t: formats.write_tile(
-            t, _window_grid(grid, window), product.nbands, _CHIP_FORMAT, spec,
-            product.name, [layer], tmp, num_threads=self.num_threads))
+        with self.clock("merge"):
+            atomic_write(path, lambda t: formats.write_tile(
+                t, _window_grid(grid, window), product.nbands, _CHIP_FORMAT, spec,
+                product.name, [layer], tmp, num_threads=self.num_threads))
         return _Chip(ident, path, window, date, param_)
 
     def _read_chip(self, ident: str, product: Product, grid: Grid) -> _Chip:
@@ -428,7 +473,8 @@ class _GroupWriter:
         nodata = product.nodata
         profile = formats.window_profile((region.height, region.width),
                                          _window_grid(grid, region), nodata, product.nbands)
-        with _temp_errors(self.path(product.name)), contextlib.ExitStack() as stack:
+        with _temp_errors(self.path(product.name)), contextlib.ExitStack() as stack, \
+                self.clock("merge"):
             srcs = [(c, stack.enter_context(rasterio.open(str(c.path)))) for c in chips]
             with rasterio.open(str(p), "w", **profile) as out:
                 for s in range(region.row, region.row1, _STRIP):
@@ -553,7 +599,8 @@ class _GroupWriter:
                     mode, windows[p.name] = self._update_product(p, bl, window, grid, tmp)
                     written.append(WrittenFile(self.path(p.name), mode))
                 if ovv:
-                    written.append(self._write_ovv(products, windows, grid, res))
+                    with self.clock("quicklook"):
+                        written.append(self._write_ovv(products, windows, grid, res))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if self.provenance_dir:
@@ -633,14 +680,17 @@ def _views(products: list[Product], window: formats.Window) -> list[list[np.ndar
     return [[b[window.slices()] for b in p.bands] for p in products]
 
 
-def _with_dst(warped: list[Product], target: Grid, enabled: bool) -> list[Product]:
+def _with_dst(warped: list[Product], target: Grid, enabled: bool,
+              clock: _Clock = _NO_CLOCK) -> list[Product]:
     """Add the DST product (spec 02 §8.6) computed on the warped QAI (``warped[0]``) when
     OUTPUT_DST and the caller did not pass one: distance in m to the nearest cloud > 0,
     shadow or snow pixel, capped at 32767, nodata −9999. Kept in FORCE's product order."""
     if not enabled or any(p.name == "DST" for p in warped):
         return warped
     from ..clouds.finalize import cloud_distance
-    dst = Product("DST", [cloud_distance(warped[0].bands[0], target.res)], [target], ("DST",),
+    with clock("analysis"):
+        d = cloud_distance(warped[0].bands[0], target.res)
+    dst = Product("DST", [d], [target], ("DST",),
                   -9999, 1.0, resampling="nearest",
                   description="Distance to the nearest cloud, cloud shadow or snow (m)")
     return _order(warped + [dst])
@@ -680,11 +730,40 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
     out_dir    -- default DIR_LEVEL2
     origin     -- the queue path of the Level-1 input (provenance)
     refsys_id  -- WRS-2 PPPRRR or MGRS Txxxxx, the folder of untiled output
-    consume    -- free the products' bands while they are warped (for the last target
-                  cube; in place: every ``product.bands[i]`` becomes None), so that the
-                  peak memory is about max(scene, warped scene) instead of their sum; the
-                  caller must not use ``products`` afterwards
+    consume    -- free the products' bands when done (in place: every
+                  ``product.bands[i]`` becomes None); the caller must not use
+                  ``products`` afterwards. The warped scene is never held: only the
+                  warped QAI, and one band window at a time (see
+                  :func:`l2ps.cube.warp.warp_products_lazy`), so the peak memory is
+                  about the scene plus the warped QAI and one window
+
+    The returned :class:`CubeResult` has ``timings`` (seconds per sub-stage).
     """
+    result = CubeResult()
+    clock = _Clock(result.timings, result.cpu_timings)
+    nthread = int(num_threads if num_threads is not None else param(params, "NTHREAD", 1))
+    try:
+        with _numba_threads(nthread):
+            _write_cube(result, clock, products, level1_id=level1_id, date=date,
+                        sensor=sensor, params=params, cubes=cubes, out_dir=out_dir,
+                        origin=origin, refsys_id=refsys_id, acquired=acquired,
+                        param_log=param_log, nthread=nthread, lock_timeout=lock_timeout)
+    finally:
+        if consume:
+            for p in products:
+                if isinstance(p.bands, list):
+                    p.bands[:] = [None] * len(p.bands)
+    result.timings = {k: round(v, 3) for k, v in result.timings.items()}
+    result.cpu_timings = {k: round(v, 3) for k, v in result.cpu_timings.items()}
+    return result
+
+
+def _write_cube(result: CubeResult, clock: _Clock, products: list[Product], *,
+                level1_id: str, date: str, sensor: str, params: Any,
+                cubes: list[Datacube] | None, out_dir, origin: str | None,
+                refsys_id: str | None, acquired: datetime | None, param_log: str,
+                nthread: int, lock_timeout: float) -> None:
+    """The body of :func:`write_cube` (fills ``result``)."""
     if not re.fullmatch(r"\d{8}", str(date)):
         raise OutputError(f"write_cube: date must be YYYYMMDD, got {date!r}")
     prods = _order(products)
@@ -697,19 +776,17 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
                                 param(params, "FILE_OUTPUT_OPTIONS", None))
     ovv = as_bool(param(params, "OUTPUT_OVV", False))
     dst = as_bool(param(params, "OUTPUT_DST", False))
-    nthread = int(num_threads if num_threads is not None else param(params, "NTHREAD", 1))
     prov = param(params, "DIR_PROVENANCE", None)
     acquired = acquired or datetime.strptime(str(date), "%Y%m%d")
     date_time = acquired.strftime("%Y-%m-%dT%H:%M:%S") + ".0Z"
     res = target_resolution(params, sensor) if do_reproj else native.dx
     prefix = f"{date}_LEVEL2_{sensor}"
-    result = CubeResult()
 
     def group(folder: Path) -> _GroupWriter:
         return _GroupWriter(folder, prefix, fmt, level1_id=level1_id, sensor=sensor,
                             date_time=date_time, param_log=param_log,
                             origin=str(origin or level1_id), provenance_dir=prov,
-                            lock_timeout=lock_timeout, num_threads=nthread)
+                            lock_timeout=lock_timeout, num_threads=nthread, clock=clock)
 
     # ------------------------------------------------------------------ untiled
     if not do_tile:
@@ -724,15 +801,15 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             target = Grid(cube.wkt, float(left), float(top), res, res, max(nx, 1), max(ny, 1))
         else:
             target = native
-        warped = _with_dst(warp_products(prods, target, num_threads=nthread,
-                                         consume=consume), target, dst)
+        warped = _with_dst(warp_products_lazy(prods, target, num_threads=nthread,
+                                              clock=clock), target, dst, clock)
         win, _, _ = _data_window(warped[0].bands[0], formats.Window(0, 0, target.ny, target.nx))
         if win is None:         # no valid pixel: written anyway (no filters, §2.11)
             win = formats.Window(0, 0, 1, 1)
         result.files += group(out_dir / refsys_id).write(warped, _views(warped, win), win,
                                                          target, ovv, res)
         result.tiles_written.append(refsys_id)
-        return result
+        return
 
     # ------------------------------------------------------------------ tiled
     if cubes is None:
@@ -751,9 +828,8 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
         result.cubes.append(cube)
         fp = grid_footprint(native, cube.wkt)
         target = cube.aligned_grid(fp, res)
-        last = k_cube == len(cubes) - 1
-        warped = _with_dst(warp_products(prods, target, num_threads=nthread,
-                                         consume=consume and last), target, dst)
+        warped = _with_dst(warp_products_lazy(prods, target, num_threads=nthread,
+                                              clock=clock), target, dst, clock)
         q = warped[0].bands[0]
         tnx, tny = cube.tile_pixels(res)
         for X, Y in cube.tile_range(fp).tiles():
@@ -768,7 +844,8 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             # the tile in target pixels, clipped to the target: outside, all is nodata
             inside = formats.Window(row, col, tny, tnx).intersection(
                 formats.Window(0, 0, target.ny, target.nx))
-            win, ndata, ncld = _data_window(q, inside) if inside else (None, 0, 0)
+            with clock("analysis"):
+                win, ndata, ncld = _data_window(q, inside) if inside else (None, 0, 0)
             if win is None:
                 result.tiles_empty.append(label)
                 continue
@@ -781,4 +858,3 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
                                                       win.shift(-row, -col), tgrid, ovv, res)
             result.tiles_written.append(label)
         del warped, q
-    return result
