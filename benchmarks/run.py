@@ -229,6 +229,7 @@ def summarize(runs: list[dict]) -> dict:
 def make_scene(name: str, frac: float, root: Path) -> Path:
     """The synthetic Level-1 product of ``name`` at ``frac`` of the full size (made once,
     in a child process: see ``_make_scene``); returns its path."""
+    root = Path(root).resolve()          # DONE files hold absolute paths
     done = root / f"{name}-{frac:g}" / "DONE"
     if not done.exists():
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "_make_scene", name,
@@ -242,6 +243,7 @@ def _make_scene(name: str, frac: float, root: Path) -> Path:
     parent's RSS at fork time on Linux: the harness must stay small (≈ 20 MB) so that it
     never shows in the measured peaks."""
     from l2ps.synth import make_landsat, make_sentinel2
+    root = Path(root).resolve()
     spec = dict(SCENES.get(name) or EXTRA_SCENES[name])
     kind = spec.pop("kind")
     seed = spec.pop("seed", 11)
