@@ -9,9 +9,10 @@ Departures from FORCE (docs/deviations.d/clouds.md): the fill is a priority floo
 object is matched on at most ``MAX_SAMPLES`` of its pixels; the height whose projection
 covers the most dark pixels (capped depth sum) among those with a match ≥ ``MIN_DRAW`` is
 kept (FORCE: the first best ratio, plus every height ≥ 0.85), and the whole object is then
-projected; a shadow is drawn only where the fill depth says "dark" and only when the
-median relative darkening of the visible projection shows that the direct beam is mostly
-blocked (a semi-transparent cloud darkens its shadow by less than ``REL_MIN``).
+projected; a shadow pixel is drawn only where the fill depth says "dark" and the relative
+darkening is ≥ ``REL_PIXEL`` (the direct beam is at least half blocked; a semi-transparent
+cloud darkens its shadow by less), and on flat water (dark anyway) only when at least
+``WATER_LAND`` of the visible land pixels of the projection pass that test.
 """
 from __future__ import annotations
 
@@ -35,7 +36,11 @@ MAX_SAMPLES = 2000        # pixels per object used for the height search
 CORE_DEPTH = 3            # px from the cloud edge: inner (unmixed) pixels for basetemp
 CORE_QUANTILE = 0.9       # basetemp = this quantile of the inner pixels' temperatures
 REL_MIN = 0               # median relative darkening (×10000) of a drawn shadow
-REL_PIXEL = 3000          # relative darkening (×10000) of a drawn shadow pixel
+# relative darkening (×10000) of a drawn shadow pixel: a shadow blocks at least half of the
+# direct beam, which carries ≥ ~80 % of the NIR/SWIR irradiance, so it darkens by ≥ ~0.40;
+# a semi-transparent (thin) cloud keeps ≥ 0.6 of the beam and darkens by ≤ ~0.33
+REL_PIXEL = 4000
+WATER_LAND = 0.25         # share of dark visible land pixels that licenses water
 
 
 # ----------------------------------------------------------------------------- probability
@@ -140,6 +145,15 @@ def _hidden(y, x, cloud, bits, slope0, has_slope):
     return flat and (bits[y, x] & 4) != 0
 
 
+@njit(cache=True, inline="always")
+def _flat_water(y, x, bits, slope0, has_slope):
+    """Flat water (water bit and slope code 0, or no slope): no darkening test possible."""
+    flat = True
+    if has_slope:
+        flat = slope0[y, x]
+    return flat and (bits[y, x] & 4) != 0
+
+
 @njit(cache=True)
 def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, inner):
     """(basetemp, base_min, base_max) of one object (spec 01 §6.6 step 4); fills tk with its
@@ -188,8 +202,10 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
     """Per object (in parallel; each writes only its own result slots and only sets shadow
     pixels): the cloud base height whose projected sample pixels cover the largest capped
     depth sum among the heights with a match ≥ ``min_match``; then every pixel of the
-    object is projected at that height and drawn where the fill depth is > ``thr`` —
-    if the median relative darkening of the visible projection is ≥ ``rel_min``."""
+    object is projected at that height and drawn where the fill depth is > ``thr`` and the
+    relative darkening ≥ REL_PIXEL (flat water: only if ≥ WATER_LAND of the visible land
+    sample positions pass) — if the median relative darkening of the visible projection is
+    ≥ ``rel_min``."""
     ny, nx = spr.shape
     for o in prange(objs.shape[0]):
         k = objs[o]
@@ -249,16 +265,22 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
                     continue
                 vals[nv] = rel[y, x]
                 nv += 1
+            water_ok = True
             if nv > 0:
                 v = np.sort(vals[:nv])
                 brel = v[nv // 2]
+                # flat water is dark in NIR and SWIR1 with or without a shadow: it is drawn
+                # only when the projection's visible land pixels show a shadow (at least
+                # WATER_LAND of them darkened by REL_PIXEL; thin clouds darken by less)
+                water_ok = v[min(nv - 1, int((1.0 - WATER_LAND) * nv))] >= REL_PIXEL
             if brel >= rel_min:
                 for m in range(n):
                     h = bbase
                     if has_temp:
                         h = (basetemp - tk[m]) / LAPSE_WET + bbase
                     y, x = _project(pr[m], pc[m], h, crow, ccol, fx, fy)
-                    if 0 <= y < ny and 0 <= x < nx and spr[y, x] > thr and rel[y, x] >= REL_PIXEL:
+                    if (0 <= y < ny and 0 <= x < nx and spr[y, x] > thr and rel[y, x] >= REL_PIXEL
+                            and (water_ok or not _flat_water(y, x, bits, slope0, has_slope))):
                         shadow[y, x] = True
         best_base[k] = bbase
         best_match[k] = bmatch
