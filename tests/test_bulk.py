@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import BIN, REPO
 from test_faults import (cube_pixels, assert_same_pixels, child_env, new_workspace,
                          queue_status, temp_leftovers)
 
 SLURM = REPO / "profiles" / "slurm"
-MEM = {"landsat": 3000, "sentinel2": 6000}          # config/config.yaml `mem_mb`
+MEM = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["mem_mb"]
 LANDSAT = "LC08_L1TP_193024_202107{:02d}_20210720_02_T1.tar"
 S2 = "S2A_MSIL1C_20210705T102021_N0400_R065_T32UPC_20210705T1234{:02d}.zip"
 

@@ -78,7 +78,9 @@ def test_profiles_dry_run(workspace, profile):
     res = workspace.snakemake("--profile", str(REPO / "profiles" / profile), "-n", *extra)
     assert _jobs(res.stdout).get("level2") == 2
     if profile == "slurm":
-        assert "slurm_partition=" in res.stdout and "mem_mb=6000" in res.stdout
+        import yaml
+        mem = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["mem_mb"]
+        assert "slurm_partition=" in res.stdout and f"mem_mb={mem['sentinel2']}" in res.stdout
     else:
         assert "threads: 3" in res.stdout
 
