@@ -109,24 +109,11 @@ CACHE = Path(os.environ.get("BENCH_CACHE", "/tmp/l2ps_bench_cube"))
 
 
 def _scene_params(out: Path):
-    import warnings
-
-    from l2ps.demo import set_parameter_values
-    from l2ps.params import read_parameters, write_skeleton
-    d = out / "prm"
-    d.mkdir(parents=True, exist_ok=True)
-    f = d / "level2.prm"
-    write_skeleton(f)
-    vals = {k: str(d) for k in ("DIR_LOG", "DIR_TEMP", "DIR_PROVENANCE")}
-    vals.update(DIR_LEVEL2=str(out / "cube"), FILE_QUEUE=str(d / "queue.txt"),
-                NTHREAD=str(NTHREAD), DO_ATMO="FALSE", PROJECTION="GLANCE7",
-                MAX_CLOUD_COVER_FRAME="100", MAX_CLOUD_COVER_TILE="100",
-                OUTPUT_FORMAT="COG", DO_TOPO="FALSE")
-    (out / "cube").mkdir(parents=True, exist_ok=True)
-    f.write_text(set_parameter_values(f.read_text(), vals))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return read_parameters(f, check_paths=False)
+    """The TOA-cube parameters of benchmarks/profile_toa.py (GLANCE7 COG, DO_ATMO FALSE)."""
+    sys.path.insert(0, str(HERE))
+    import profile_toa
+    profile_toa.NTHREAD = NTHREAD
+    return profile_toa.parameters(out)
 
 
 def _scene_products(scene: str, params):
