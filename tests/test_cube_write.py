@@ -600,3 +600,24 @@ def test_merge_into_big_tile_touches_only_the_window(tmp_path, fmt):
         for k, fct in enumerate(levels):
             with rasterio.open(f, overview_level=k) as o1, rasterio.open(g, overview_level=k) as o2:
                 np.testing.assert_array_equal(o1.read(), o2.read())
+
+
+def test_window_file_bands_stay_nodata_outside_the_window_with_a_tiny_block_cache(tmp_path):
+    """Bands written one by one must not read back 0 outside their window when GDAL evicts
+    partial blocks early (pixel-interleaved files did: the merge then averaged in zeros)."""
+    import rasterio
+    from l2ps.cube import formats
+    from l2ps.cube.write import _CHIP_FORMAT       # the contribution chips' options
+    rng = np.random.default_rng(3)
+    bands = [rng.integers(100, 9000, (300, 260)).astype(np.int16) for _ in range(3)]
+    path = tmp_path / "chip.tif"
+    with rasterio.Env(GDAL_CACHEMAX=64):       # bytes: every block is evicted at once
+        formats.write_window(path, bands, (100, 130), (512, 512), None, -9999,
+                             options=_CHIP_FORMAT.options)
+    with rasterio.open(path) as ds:
+        for i, b in enumerate(bands, start=1):
+            a = ds.read(i)
+            assert np.array_equal(a[100:400, 130:390], b)
+            outside = np.ones(a.shape, bool)
+            outside[100:400, 130:390] = False
+            assert (a[outside] == -9999).all(), f"band {i}: {np.count_nonzero(a[outside] != -9999)} px"

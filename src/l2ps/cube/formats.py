@@ -257,8 +257,10 @@ def is_cog(path: str | os.PathLike) -> bool:
 
 
 # ============================================================== sparse tile files
-#: GDAL block cache (MB) while tile files are assembled: the copy reads every block once,
-#: so a larger cache only raises the peak memory (GDAL's default is 5 % of the RAM)
+#: GDAL block cache while tile files are assembled. rasterio.Env passes GDAL_CACHEMAX in
+#: BYTES (the environment variable means MB), so this is a near-zero cache: the copy reads
+#: every block once and keeps none. The benchmarks of 2026-11-24 were measured with it;
+#: correctness does not depend on it (write_window writes band-interleaved files).
 GDAL_CACHE_MB = 128
 #: block size (pixels) of tile files, chips and temporary window files
 BLOCK = 256
@@ -478,6 +480,10 @@ def write_window(path: str | os.PathLike, bands: list[np.ndarray], offset: tuple
     internal overviews and () is returned. ``clock``: optional timer (see
     l2ps.cube.write), section "overviews"."""
     from rasterio.windows import Window as RioWindow
+    # band by band into a pixel-interleaved file would be wrong: a partial block of band i
+    # evicted from GDAL's block cache is written with 0 (not nodata) for the bands not yet
+    # written, which then read 0 outside the window (depends on the cache size)
+    options = {**(options or _TEMP_OPTIONS), "INTERLEAVE": "BAND"}
     profile = window_profile(shape, grid, nodata, len(bands), options)
     r, c = offset
     own = _own_overviews(overviews) and nodata is not None
