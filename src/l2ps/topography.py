@@ -187,6 +187,21 @@ def horn_slope_aspect(dem: np.ndarray, dx: float, dy: float):
 
 
 # --------------------------------------------------------------------------- illumination
+@njit(cache=True, inline="always")
+def _with_illumination(q, ci, cos80, cos55):
+    """``q`` with the QAI illumination field (bits 11-12) of cos i: < 0 → 3 (shadow),
+    < cos 80° → 2, < cos 55° → 1, else 0."""
+    if ci < 0.0:
+        ill = 3
+    elif ci < cos80:
+        ill = 2
+    elif ci < cos55:
+        ill = 1
+    else:
+        ill = 0
+    return (q & ~(3 << 11)) | (ill << 11)
+
+
 @njit(cache=True, parallel=True)
 def _illumination_kernel(slope, aspect, off, sun_z, sun_a, qai, cos_i, cos80, cos55):
     """cos i per pixel (NaN where off) and QAI illumination bits 11–12 for valid pixels."""
@@ -208,15 +223,7 @@ def _illumination_kernel(slope, aspect, off, sun_z, sun_a, qai, cos_i, cos80, co
             q = qai[r, c]
             if q & 1:
                 continue
-            if ci < 0.0:
-                ill = 3
-            elif ci < cos80:
-                ill = 2
-            elif ci < cos55:
-                ill = 1
-            else:
-                ill = 0
-            qai[r, c] = (q & ~(3 << 11)) | (ill << 11)
+            qai[r, c] = _with_illumination(q, ci, cos80, cos55)
 
 
 def illumination(slope: np.ndarray, aspect: np.ndarray, off: np.ndarray, geometry,
@@ -259,15 +266,7 @@ def _flat_kernel(sun_z, qai, cos_i, store, set_bits, cos80, cos55):
             q = qai[r, c]
             if q & 1:
                 continue
-            if ci < 0.0:
-                ill = 3
-            elif ci < cos80:
-                ill = 2
-            elif ci < cos55:
-                ill = 1
-            else:
-                ill = 0
-            qai[r, c] = (q & ~(3 << 11)) | (ill << 11)
+            qai[r, c] = _with_illumination(q, ci, cos80, cos55)
 
 
 def _flat_pass(geometry, grid: Grid, qai: np.ndarray | None, store: bool,

@@ -70,6 +70,17 @@ def _locate1(x, nodes):
     return i, w
 
 
+@njit(cache=True, inline="always")
+def _bilinear(tab, c, i0, i1, j0, j1, k, wi, wi0, wj, wj0):  # pragma: no cover
+    """tab[c, ·, ·, k] bilinear between nodes (i0, i1) × (j0, j1) with upper weights wi, wj
+    (lower wi0 = 1 − wi, wj0 = 1 − wj), in float32 and the corner order of
+    sixs._multilinear (bit d of the corner = upper node in dim d)."""
+    t = np.float32(tab[c, i0, j0, k] * np.float32(wi0 * wj0))
+    t = np.float32(t + np.float32(tab[c, i1, j0, k] * np.float32(wi * wj0)))
+    t = np.float32(t + np.float32(tab[c, i0, j1, k] * np.float32(wi0 * wj)))
+    return np.float32(t + np.float32(tab[c, i1, j1, k] * np.float32(wi * wj)))
+
+
 @njit(cache=True, parallel=True)
 def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k_abs,
                 fdir, shade, cos_i_pos, mus, skyview, env, aod, wv, elev,
@@ -115,29 +126,14 @@ def surface_toa(cls, veg, bright, base_table, veg_refl, fine_w, fine_a, k_wet, k
             wa0 = np.float32(one - wa)
             wz0 = np.float32(one - wz)
             ww0 = np.float32(one - ww)
-            # corner order of sixs._multilinear: bit d of the corner = upper node in dim d
-            w00 = np.float32(wa0 * wz0)
-            w10 = np.float32(wa * wz0)
-            w01 = np.float32(wa0 * wz)
-            w11 = np.float32(wa * wz)
             sc = np.empty(5, np.float32)
             for k in range(5):
-                t = np.float32(scat[c, ia, iz, k] * w00)
-                t = np.float32(t + np.float32(scat[c, ia1, iz, k] * w10))
-                t = np.float32(t + np.float32(scat[c, ia, iz1, k] * w01))
-                sc[k] = np.float32(t + np.float32(scat[c, ia1, iz1, k] * w11))
+                sc[k] = _bilinear(scat, c, ia, ia1, iz, iz1, k, wa, wa0, wz, wz0)
             ray = np.float32(np.float32(scat[c, 0, iz, 0] * wz0)
                              + np.float32(scat[c, 0, iz1, 0] * wz))
-            g00 = np.float32(ww0 * wz0)
-            g10 = np.float32(ww * wz0)
-            g01 = np.float32(ww0 * wz)
-            g11 = np.float32(ww * wz)
             gs = np.empty(3, np.float32)
             for k in range(3):
-                t = np.float32(gas[c, iw, iz, k] * g00)
-                t = np.float32(t + np.float32(gas[c, iw1, iz, k] * g10))
-                t = np.float32(t + np.float32(gas[c, iw, iz1, k] * g01))
-                gs[k] = np.float32(t + np.float32(gas[c, iw1, iz1, k] * g11))
+                gs[k] = _bilinear(gas, c, iw, iw1, iz, iz1, k, ww, ww0, wz, wz0)
             tg = gs[0]
             path = sc[0]
             pe = np.float32(np.float32(gs[1] * ray) + np.float32(gs[2] * np.float32(path - ray)))
