@@ -136,7 +136,10 @@ def _row_d2(g, i, nx, s, t, row):
 
 
 @njit(cache=True, parallel=True)
-def _distance_rows(g, out):
+def _distance_rows(g, out, exact_int):
+    """Row pass of the Euclidean distance transform into ``out``: the integer floor of the
+    distance capped at 65535 if ``exact_int`` (integer-exact, no sqrt rounding), else the
+    float32 distance."""
     ny, nx = g.shape
     for i in prange(ny):
         s = np.empty(nx, np.int64)
@@ -144,25 +147,16 @@ def _distance_rows(g, out):
         row = np.empty(nx, np.int64)
         _row_d2(g, i, nx, s, t, row)
         for u in range(nx):
-            d = np.int64(np.sqrt(np.float64(row[u])))
-            # guard against rounding of sqrt for perfect squares
-            while d * d > row[u]:
-                d -= 1
-            while (d + 1) * (d + 1) <= row[u]:
-                d += 1
-            out[i, u] = min(d, 65535)
-
-
-@njit(cache=True, parallel=True)
-def _distance_rows_f32(g, out):
-    ny, nx = g.shape
-    for i in prange(ny):
-        s = np.empty(nx, np.int64)
-        t = np.empty(nx, np.int64)
-        row = np.empty(nx, np.int64)
-        _row_d2(g, i, nx, s, t, row)
-        for u in range(nx):
-            out[i, u] = np.float32(np.sqrt(np.float64(row[u])))
+            if exact_int:
+                d = np.int64(np.sqrt(np.float64(row[u])))
+                # guard against rounding of sqrt for perfect squares
+                while d * d > row[u]:
+                    d -= 1
+                while (d + 1) * (d + 1) <= row[u]:
+                    d += 1
+                out[i, u] = min(d, 65535)
+            else:
+                out[i, u] = np.float32(np.sqrt(np.float64(row[u])))
 
 
 @njit(cache=True, parallel=True)
@@ -208,7 +202,7 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     g = np.empty(m.shape, np.uint16)
     _column_distance(m, nx + ny, g)
     out = np.empty(m.shape, np.uint16)
-    _distance_rows(g, out)
+    _distance_rows(g, out, True)
     return out
 
 
@@ -224,7 +218,7 @@ def distance_float(mask: np.ndarray) -> np.ndarray:
     g = np.empty(m.shape, np.uint16)
     _column_distance(m, nx + ny, g)
     out = np.empty(m.shape, np.float32)
-    _distance_rows_f32(g, out)
+    _distance_rows(g, out, False)
     return out
 
 
