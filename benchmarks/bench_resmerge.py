@@ -5,9 +5,13 @@ The scene is random but structured (no files): smooth fields and sharp-edged par
 10 m grid for GREEN/RED/BROADNIR, the six 20 m bands as 2×2 means of mixtures of them plus
 an independent part, ~10 % cloud/shadow in the QAI and a nodata corner. Each method runs in
 its own process (so that peak RSS is that method's), with ``--threads`` numba threads.
+``--product`` runs on a Level-1 product instead (reader → initial QAI → TOA, no cloud
+stage), e.g. the full-size synthetic tile benchmarks/scenes/SEN2A-1/*.zip. Results are
+merged into ``--out``: entries of the same method, scene and thread count are replaced.
 
     nice .venv/bin/python benchmarks/bench_resmerge.py [--size 10980] [--threads 2]
-        [--methods NONE,IMPROPHE,REGRESSION,STARFM] [--out benchmarks/results/resmerge.json]
+        [--methods NONE,IMPROPHE,REGRESSION,STARFM] [--product PATH]
+        [--out benchmarks/results/resmerge.json]
 """
 from __future__ import annotations
 
@@ -90,13 +94,34 @@ def _status_mb(key: str) -> float:
     return float("nan")
 
 
-def run_one(method: str, n: int, threads: int) -> dict:
+def product_scene(path: Path):
+    """The scene state before the resolution merge of a Sentinel-2 product, without cloud
+    detection: TOA int16 of the nine bands the merge uses, initial QAI."""
+    from l2ps.level1 import open_level1, read_bands
+    from l2ps.resmerge import PREDICTORS, TARGETS
+    from l2ps.scene import Scene
+    from l2ps.toa import apply_toa_nodata, initial_qai, toa_reflectance
+    with open_level1(Path(path)) as l1:
+        dn = read_bands(l1, workers=1, num_threads=1)
+        qai = initial_qai(l1, dn, l1.grid, False, True)
+        for d in list(dn):
+            if d not in PREDICTORS + TARGETS:
+                del dn[d]
+        toa = {d: toa_reflectance(dn.pop(d), l1.bands[d], None, l1.spec) for d in list(dn)}
+        apply_toa_nodata(toa, qai, l1.spec)
+        level1 = SimpleNamespace(spec=l1.spec, sensor=l1.spec.sensor, source=str(path))
+        return Scene(level1=level1, grid=l1.grid, toa=toa,
+                     grids={d: l1.bands[d].grid for d in toa}, qai=qai, geometry=None)
+
+
+def run_one(method: str, n: int, threads: int, product: str | None = None) -> dict:
     import numba
 
     from l2ps.resmerge import resolution_merge
     numba.set_num_threads(threads)
     t0 = time.perf_counter()
-    scene = make_scene(n)
+    scene = product_scene(Path(product)) if product else make_scene(n)
+    n = scene.qai.shape[0]
     t_make = time.perf_counter() - t0
     # warm-up (compile or load the cache) on a small scene, not timed
     resolution_merge(make_scene(64), method)
@@ -105,10 +130,13 @@ def run_one(method: str, n: int, threads: int) -> dict:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+    load = os.getloadavg()
     c0 = time.process_time()
     stats = resolution_merge(scene, method)
     cpu = time.process_time() - c0
-    return {"method": method, "size": n, "threads": threads, "seconds": stats["seconds"],
+    return {"method": method, "scene": Path(product).name if product else "random",
+            "size": n, "threads": threads, "seconds": stats["seconds"],
+            "load_average_before": [round(v, 2) for v in load],
             "cpu_seconds": round(cpu, 2), "pixels_merged": stats["pixels_merged"],
             "scene_seconds": round(t_make, 1), "rss_before_mb": round(rss_before),
             "peak_rss_mb": round(_status_mb("VmHWM")),
@@ -121,25 +149,31 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default="NONE,IMPROPHE,REGRESSION,STARFM")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "resmerge.json"))
+    ap.add_argument("--product", help="Sentinel-2 Level-1 product instead of the random scene")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one, a.size, a.threads)))
+        print(json.dumps(run_one(a.one, a.size, a.threads, a.product)))
         return
-    results = []
+    out = Path(a.out)
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    results = doc.get("results", [])
     for m in a.methods.split(","):
         env = dict(os.environ, NUMBA_NUM_THREADS=str(max(a.threads, 1)))
-        p = subprocess.run([sys.executable, __file__, "--one", m, "--size", str(a.size),
-                            "--threads", str(a.threads)], capture_output=True, text=True,
-                           env=env, check=True)
+        cmd = [sys.executable, __file__, "--one", m, "--size", str(a.size),
+               "--threads", str(a.threads)] + (["--product", a.product] if a.product else [])
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         res = json.loads(p.stdout.strip().splitlines()[-1])
+        res["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         print(json.dumps(res))
-        results.append(res)
-    doc = {"benchmark": "resmerge", "machine": platform.node(), "cpus": os.cpu_count(),
-           "load_average": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "results": results}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
+        key = (res["method"], res["scene"], res["size"], res["threads"])
+        results = [r for r in results if (r.get("method"), r.get("scene", "random"),
+                                          r.get("size"), r.get("threads")) != key] + [res]
+    doc.update({"benchmark": "resmerge", "machine": platform.node(), "cpus": os.cpu_count(),
+                "load_average": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "results": results})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":
