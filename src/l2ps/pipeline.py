@@ -132,6 +132,9 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                     fragments: list[str]) -> dict:
     scene = prepare_scene(level1, params, timer)
     qai, grid = scene.qai, scene.grid
+    # ULTRABLUE served the nodata footprint (spec 01 §9 item 7, done) and serves the AOD
+    # estimation only: without DO_ATMO it is dropped now (Landsat 8/9: 2 bytes per pixel)
+    _drop_bands(scene, () if params.do_atmo else ("ULTRABLUE",))
     nthreads = max(1, int(params.nthread))
     if Q.count_valid(qai) == 0:
         from .errors import ProcessingError
@@ -142,6 +145,8 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     for name, seconds in (clouds.stats.get("timings") or {}).items():
         timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
     scene.extra.pop("cloud_objects", None)     # diagnostics only; a full-size int32 array
+    # thermal and cirrus bands serve the cloud detection only (internal, spec 01 §8)
+    _drop_bands(scene, ("TEMP", "CIRRUS"))
     fragments.append(clouds.log_fragment.strip())
     record = {"data_cover": round(clouds.data_cover, 2), "water_cover": round(clouds.water_cover, 2),
               "snow_cover": round(clouds.snow_cover, 2), "cloud_cover": round(clouds.cloud_cover, 2),
@@ -212,6 +217,12 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                    "tiles_skipped_cloudy": dict(result.tiles_skipped_cloud),
                    "cubes": [c.name or "cube" for c in result.cubes]})
     return record
+
+
+def _drop_bands(scene: Scene, domains: tuple[str, ...]) -> None:
+    """Free the internal bands ``domains`` that no later stage reads (memory)."""
+    for d in domains:
+        scene.toa.pop(d, None)
 
 
 def _factor_hook(scene: Scene, params: Parameters):
