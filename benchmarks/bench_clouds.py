@@ -1,7 +1,7 @@
 """Benchmark of l2ps.clouds.detect_clouds on full-size synthetic scenes: wall time, CPU time
-and peak RSS per sub-stage (potential, probability | parallax, shadow_probability,
-shadow_matching, finalize) on NTHREAD threads, and the accuracy of the masks against the
-scenes' truth rasters.
+and peak RSS per sub-stage (potential, probability | parallax, objects, shadow_probability,
+shadow_matching, finalize: the order they run in) on NTHREAD threads, and the accuracy of
+the masks against the scenes' truth rasters.
 
     nice .venv/bin/python benchmarks/bench_clouds.py [--scenes LND09-1 SEN2A-1] [--threads 2]
 
@@ -14,8 +14,9 @@ name without a DONE file is skipped; ``--generate SENSOR`` makes a scene of its 
 Each scene runs in its own subprocess (the RSS of one does not leak into the other):
 prepare_scene (the front half of the chain), one warm-up detect_clouds (numba cache load),
 then the measured detect_clouds. Memory is reported as the peak RSS increase over the
-loaded scene (``peak_increase_mb``; the scene's own arrays are ``rss_scene_mb``) — the
-full-size scene alone takes about as much as the limit. The machine is shared: CPU seconds
+loaded scene (``peak_increase_mb``; the scene's own arrays are ``rss_scene_mb``, taken
+after the warm-up's freed heap is returned to the system) — the full-size scene alone
+takes about as much as the limit. The machine is shared: CPU seconds
 (time.process_time, all threads) are the comparable figure; the load average is recorded.
 Results: benchmarks/results/clouds.json (``--merge`` keeps other scenes' entries).
 """
@@ -34,14 +35,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCENES = HERE / "scenes"
 RESULTS = HERE / "results"
-STAGES = ("potential", "probability", "parallax", "shadow_probability", "shadow_matching",
-          "finalize")
+STAGES = ("potential", "probability", "parallax", "objects", "shadow_probability",
+          "shadow_matching", "finalize")
 DEFAULT_SCENES = ("LND09-1", "SEN2A-1", "LND05-1")
 
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def release_heap() -> None:
+    """Collect garbage and hand the C heap's free memory back to the system (glibc
+    ``malloc_trim``), so that the scene's RSS before the measured run holds no memory freed
+    by the warm-up (which the run would reuse, understating its increase)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def loadavg() -> list[float]:
@@ -150,6 +164,7 @@ def run_one(path: Path, threads: int, warmup: bool = True, score: bool = True) -
         if warmup:
             detect_clouds(scene, prm)
             scene.extra.clear()
+        release_heap()
         load0 = loadavg()
         base = rss_mb()
         sampler = Sampler()

@@ -345,3 +345,151 @@ def test_write_cube_adds_dst(tmp_path):
     res2 = write_cube(img.products(), level1_id="B", date="20200102", sensor="LND08",
                       params=params(), cubes=[CUBE], out_dir=tmp_path)
     assert res2.n_tiles and not list(tmp_path.rglob("20200102*_DST.tif"))
+
+
+# ----------------------------------------------------------------------------- memory-lean variants
+# (issue 9: the strip-wise, in-place and packed forms must equal the plain definitions)
+def test_buffer_in_strips_equals_footprint_stamping():
+    rng = np.random.default_rng(11)
+    for shape, dens in (((61, 47), 0.01), ((90, 33), 0.15), ((1, 30), 0.2)):
+        m = rng.random(shape) < dens
+        for r in (1, 3, 10):
+            ref = _brute_buffer(m, r)
+            for strip in (1, 4, 17):
+                assert (buffer_disk(m, r, strip=strip) == ref).all(), (shape, r, strip)
+
+
+def test_mark_beyond_equals_distance_threshold():
+    from l2ps.clouds.morphology import mark_beyond
+    rng = np.random.default_rng(12)
+    m = rng.random((70, 55)) < 0.003
+    m[5, 5] = True
+    d = distance_transform(m)
+    for limit in (0.0, 2.5, 7.0, 11.9):
+        bits = rng.integers(0, 128, m.shape).astype(np.uint8)
+        before = bits.copy()
+        mark_beyond(m, limit, bits, 128)
+        assert ((bits & 128) != 0).tolist() == (d > limit).tolist()
+        assert ((bits & 127) == before).all()
+
+
+def test_in_place_relabel_and_split_equal_the_copies():
+    rng = np.random.default_rng(13)
+    m = ndimage.binary_dilation(rng.random((120, 110)) < 0.01, iterations=4)
+    m |= ndimage.binary_dilation(rng.random((120, 110)) < 0.002, iterations=9)
+    m[rng.random(m.shape) < 0.01] = True           # specks for the removal
+    lab, n = label8(m)
+    m1, m2 = m.copy(), m.copy()
+    ref, k = remove_small_objects(m1, lab.copy(), n, 3)
+    got, k2 = remove_small_objects(m2, lab, n, 3, inplace=True)
+    assert got is lab and k == k2 and (got == ref).all() and (m1 == m2).all()
+    sref, sk = split_objects(ref, k)
+    sgot, sk2 = split_objects(got, k, inplace=True)
+    assert sgot is got and sk == sk2 and (sgot == sref).all() and sk > k
+
+
+def test_shadow_floods_equal_the_fill_of_the_prepared_bands():
+    """The packed depth/DARK_BIT written by the direct floods equals the definition:
+    depth = min over the bands of fill(prepared band) − prepared band (capped at 32767),
+    DARK_BIT where both bands' relative darkening (depth/fill ×10000) ≥ REL_PIXEL."""
+    from l2ps.clouds import shadows as S
+    rng = np.random.default_rng(14)
+    ny, nx = 80, 90
+    bands = [(ndimage.gaussian_filter(rng.normal(0, 1, (ny, nx)), 2) * 3000 + 2500)
+             .astype(np.int16) for _ in range(2)]
+    for b in bands:                      # a deep shadow (rel ≥ 0.4) and a shallow one
+        b[42:50, 22:30] = 700
+        b[20:26, 40:46] -= 300
+    cloud = np.zeros((ny, nx), bool)
+    cloud[30:40, 20:35] = True
+    cloud[60:64, 70:80] = True
+    bits = np.zeros((ny, nx), np.uint8)
+    bits[rng.random((ny, nx)) < 0.02] |= 1
+    maxdist = 15.0
+    far = distance_transform(cloud) > maxdist
+    bcks = [2000, 2200]
+    depth = np.full((ny, nx), 32767, np.int64)
+    dark = np.ones((ny, nx), bool)
+    for band, bck in zip(bands, bcks):
+        prep = band.astype(np.int64)
+        inside = np.zeros((ny, nx), bool)
+        inside[1:-1, 1:-1] = True
+        prep[~inside | ((bits & 1) != 0) | far] = bck
+        f = _brute_reconstruct(prep)
+        d = np.minimum(f - prep, 32767)
+        depth = np.minimum(depth, d)
+        rel = np.where((f > 0) & (d > 0), np.minimum(10000, (d * 10000) // np.maximum(f, 1)), 0)
+        dark &= rel >= S.REL_PIXEL
+    expect = depth | np.where(dark, S.DARK_BIT, 0)
+    for parallel in (False, True):                  # both modes of PARALLEL_FLOODS
+        b = bits.copy()
+        S.mark_far(b, cloud, maxdist)
+        out = np.empty((ny, nx), np.uint16)
+        if parallel:
+            other = np.empty((ny, nx), np.uint16)
+            S._flood_dark(bands[0], b, np.int16(bcks[0]), out, True)
+            S._flood_dark(bands[1], b, np.int16(bcks[1]), other, True)
+            S._merge_dark(out, other)
+        else:
+            S._flood_dark(bands[0], b, np.int16(bcks[0]), out, True)
+            S._flood_dark(bands[1], b, np.int16(bcks[1]), out, False)
+        assert (out.astype(np.int64) == expect).all(), parallel
+    assert (expect & S.DARK_BIT).any() and (expect & S.DEPTH_MASK).max() > 0
+
+
+def test_quantile_of_bits_mask():
+    from l2ps.clouds.stats import quantile_int16_bits
+    rng = np.random.default_rng(15)
+    v = rng.integers(-2000, 30000, (30, 40)).astype(np.int16)
+    bits = rng.integers(0, 64, v.shape).astype(np.uint8)
+    for none_of in (1, 1 | 2 | 16, 4):
+        sel = (bits & none_of) == 0
+        for p in (0.175, 0.5, 0.825):
+            assert quantile_int16_bits(v, bits, none_of, p) == quantile_int16(v, sel, p)
+
+
+def test_land_probability_quantile_without_gathering():
+    """The radix-selected quantile of the land probabilities equals numpy's linear
+    quantile (index p·(n − 1), float32 p) of the gathered float32 values."""
+    from l2ps.clouds.probability import _land_quantile
+    rng = np.random.default_rng(16)
+    for t in range(6):
+        shape = (37, 41)
+        bits = (rng.integers(0, 64, shape) & rng.choice([0, 1, 23])).astype(np.uint8)
+        temp = rng.integers(25000, 31000, shape).astype(np.int16)
+        vprob = rng.integers(-3000, 10001, shape).astype(np.int16)
+        if t == 0:
+            vprob[:] = 5000                       # ties
+        a, b = np.float32(30400.0), np.float32(3000.0)
+        tp = np.maximum((a - temp.astype(np.float32)) / b, np.float32(0.0))
+        lp = (tp * vprob.astype(np.float32) / np.float32(10000.0)).astype(np.float32)
+        v = np.sort(lp[(bits & 23) == 0]).astype(np.float64)
+        for p in (0.0, 0.175, 0.825, 1.0):
+            idx = float(np.float32(p)) * (v.size - 1)
+            k = int(np.floor(idx))
+            k1 = min(k + 1, v.size - 1)
+            ref = v[k] + (idx - k) * (v[k1] - v[k])
+            assert _land_quantile(bits, temp, vprob, a, b, p) == ref, (t, p)
+
+
+def test_saturated_specks_dropped_as_with_labels():
+    """The label-free search drops the same objects as the definition on a label image:
+    8-connected objects with size·res² < SATURATED_SPECK_M2 and ≥ half saturated pixels."""
+    from l2ps.clouds import detect as D
+    rng = np.random.default_rng(17)
+    for t in range(12):
+        shape = (int(rng.integers(5, 120)), int(rng.integers(5, 120)))
+        c = ndimage.binary_dilation(rng.random(shape) < rng.choice([0.002, 0.02]),
+                                    iterations=int(rng.integers(0, 5)))
+        c |= rng.random(shape) < 0.02
+        bits = np.where(rng.random(shape) < rng.choice([0.2, 0.6, 0.95]), 64, 0).astype(np.uint8)
+        res = float(rng.choice([10.0, 30.0, 60.0]))
+        lab, n = ndimage.label(c, structure=np.ones((3, 3), bool))
+        size = np.bincount(lab.ravel(), minlength=n + 1)
+        nsat = np.bincount(lab[(bits & 64) != 0], minlength=n + 1)
+        drop = (size * res * res < D.SATURATED_SPECK_M2) & (2 * nsat >= size)
+        drop[0] = False
+        expect = c & ~drop[lab]
+        got = c.copy()
+        assert D.drop_saturated_specks(got, bits, res) == int(drop.sum())
+        assert (got == expect).all()

@@ -19,11 +19,10 @@ from ..grid import Grid
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
-from .morphology import (buffer_disk, distance_transform, label8, label_sizes,
-                         remove_small_objects, split_objects)
-from .parallax import cloud_parallax, smoothed_broadnir
+from .morphology import label8, label_sizes, mark_beyond, remove_small_objects, split_objects
+from .parallax import cloud_parallax, smoothed_broadnir, smoothed_broadnir_rows
 from .probability import cloud_probability
-from .shadows import MIN_OBJECT, shadow_matching, shadow_probability
+from .shadows import MIN_OBJECT, mark_far, object_pixels, shadow_matching, shadow_probability
 
 FMASK_BANDS = ("BLUE", "GREEN", "RED", "NIR", "SWIR1", "SWIR2")
 MAX_CLOUD_HEIGHT = 12000.0      # m, for the shadow search distance (spec 01 §6.5)
@@ -232,6 +231,17 @@ CDI_GROW_M = 100.0              # m: reach of the growth of CDI clouds into PCP 
 CDI_GROW_MIN_M2 = 5.0e5         # m²: only CDI clouds at least this large grow
 
 
+@njit(cache=True, parallel=True)
+def _grow_candidates(bits, far, seeds, out):
+    """Bright, non-snow potential-cloud pixels near the seeds, or the seeds themselves."""
+    ny, nx = bits.shape
+    for i in prange(ny):
+        for j in range(nx):
+            c = bits[i, j]
+            out[i, j] = seeds[i, j] or ((c & 2) != 0 and (c & 32) != 0 and (c & 16) == 0
+                                        and (c & 1) == 0 and far[i, j] == 0)
+
+
 def grow_clouds(cloud: np.ndarray, bits: np.ndarray, radius: int, min_px: int) -> int:
     """In place (Sentinel-2, an l2ps addition to spec 01 §6.4): extend the CDI clouds into
     the 8-connected bright, non-snow potential-cloud pixels that are at most ``radius``
@@ -246,12 +256,16 @@ def grow_clouds(cloud: np.ndarray, bits: np.ndarray, radius: int, min_px: int) -
     big = size >= min_px
     big[0] = False
     seeds = big[labels]
+    del labels
     if not seeds.any():
         return 0
-    near = distance_transform(seeds) <= radius
-    cand = (((bits & P.PCP) != 0) & ((bits & P.BRIGHT) != 0) & ((bits & P.SNOW) == 0)
-            & ((bits & P.OFF) == 0) & near)
-    grown = ndimage.binary_propagation(seeds, structure=np.ones((3, 3), bool), mask=cand | seeds)
+    far = np.zeros(cloud.shape, np.uint8)       # 1: farther than radius from the seeds
+    mark_beyond(seeds, radius, far, 1)
+    cand = np.empty(cloud.shape, np.bool_)
+    _grow_candidates(bits, far, seeds, cand)
+    del far
+    grown = ndimage.binary_propagation(seeds, structure=np.ones((3, 3), bool), mask=cand)
+    del cand
     added = int(np.count_nonzero(grown & ~cloud))
     cloud |= grown
     return added
@@ -261,25 +275,89 @@ def grow_clouds(cloud: np.ndarray, bits: np.ndarray, radius: int, min_px: int) -
 SATURATED_SPECK_M2 = 1.0e5      # saturated cloud objects smaller than this (m²) are dropped
 
 
+@njit(cache=True, parallel=True)
+def _and_valid(cloud, bits):
+    """cloud &= not OFF, in place."""
+    ny, nx = cloud.shape
+    for i in prange(ny):
+        for j in range(nx):
+            if bits[i, j] & 1:
+                cloud[i, j] = False
+
+
+@njit(cache=True)
+def _drop_specks(cloud, bits, res, limit_m2):
+    """Breadth-first search of the 8-connected cloud objects that hold a saturated pixel
+    (the others are never dropped: 2·0 < size); each pixel is visited once (visited bit per
+    pixel, FIFO of the front). An object is cleared when size·res² < ``limit_m2`` and at
+    least half of its pixels are saturated. Returns the number of objects cleared."""
+    ny, nx = cloud.shape
+    n = ny * nx
+    seen = np.zeros((n + 7) // 8, np.uint8)
+    keep_max = int(limit_m2 / (res * res)) + 2     # an object this large is never dropped
+    members = np.empty(keep_max, np.int64)
+    queue = np.empty(1 << 16, np.int64)
+    qmask = queue.shape[0] - 1
+    ndrop = 0
+    for p0 in range(n):
+        i0 = p0 // nx
+        j0 = p0 - i0 * nx
+        if not cloud[i0, j0] or not (bits[i0, j0] & 64) or (seen[p0 >> 3] & (1 << (p0 & 7))):
+            continue
+        seen[p0 >> 3] |= np.uint8(1 << (p0 & 7))
+        qh = 0
+        qn = 1
+        queue[0] = p0
+        size = 0
+        nsat = 0
+        while qn > 0:
+            p = queue[qh]
+            qh = (qh + 1) & qmask
+            qn -= 1
+            i = p // nx
+            j = p - i * nx
+            if size < keep_max:
+                members[size] = p
+            size += 1
+            if bits[i, j] & 64:
+                nsat += 1
+            for di in range(-1, 2):
+                ii = i + di
+                if ii < 0 or ii >= ny:
+                    continue
+                for dj in range(-1, 2):
+                    jj = j + dj
+                    if jj < 0 or jj >= nx or not cloud[ii, jj]:
+                        continue
+                    q = ii * nx + jj
+                    if seen[q >> 3] & (1 << (q & 7)):
+                        continue
+                    seen[q >> 3] |= np.uint8(1 << (q & 7))
+                    if qn == queue.shape[0]:
+                        q2 = np.empty(2 * queue.shape[0], np.int64)
+                        for k in range(qn):
+                            q2[k] = queue[(qh + k) & qmask]
+                        queue = q2
+                        qmask = queue.shape[0] - 1
+                        qh = 0
+                    queue[(qh + qn) & qmask] = q
+                    qn += 1
+        if size * res * res < limit_m2 and 2 * nsat >= size and size <= keep_max:
+            for m in range(size):
+                p = members[m]
+                i = p // nx
+                cloud[i, p - i * nx] = False
+            ndrop += 1
+    return ndrop
+
+
 def drop_saturated_specks(cloud: np.ndarray, bits: np.ndarray, res: float) -> int:
     """In place: remove 8-connected cloud objects smaller than SATURATED_SPECK_M2 (10 ha)
     of which at least half of the pixels are saturated (an l2ps addition to spec 01 §6.3
     and §6.4, where every saturated pixel is cloud): bright sand, roofs and other saturating
-    targets are small; saturated clouds are large. Returns the number of objects removed."""
-    sat = (bits & P.SATURATED) != 0
-    if not (cloud & sat).any():
-        return 0
-    labels, n = label8(cloud)
-    if n == 0:
-        return 0
-    size = label_sizes(labels, n)
-    nsat = np.bincount(labels[sat], minlength=n + 1)     # label 0: saturated non-cloud
-    del sat
-    drop = (size * res * res < SATURATED_SPECK_M2) & (2 * nsat >= size)
-    drop[0] = False
-    if drop.any():
-        cloud[drop[labels]] = False
-    return int(drop.sum())
+    targets are small; saturated clouds are large. Returns the number of objects removed.
+    The objects with a saturated pixel are searched from those pixels (no label image)."""
+    return int(_drop_specks(cloud, bits, float(res), float(SATURATED_SPECK_M2)))
 
 
 # ----------------------------------------------------------------------------- main
@@ -309,14 +387,18 @@ def work_grid(scene: Scene) -> Grid:
 def detect_clouds(scene: Scene, params) -> CloudResult:
     """Clouds, cloud shadows, snow and water (spec 01 §6): sets the QAI bits 1–5 of
     ``scene.qai`` in place and returns the covers and the frame decision. The result is
-    also kept in ``scene.extra["clouds"]``.
+    also kept in ``scene.extra["clouds"]``; the cloud objects of the shadow matching in
+    ``scene.extra["cloud_objects"]`` (diagnostics: ``pix``/``start``/``n`` of
+    :func:`~.shadows.object_pixels` — object k is the flat work-grid indices
+    pix[start[k]:start[k + 1]] — ``work_grid`` and the per-object arrays of
+    :func:`~.shadows.shadow_matching`).
 
     ``params``: a :class:`~l2ps.params.Parameters` (or any object with the attributes
     cloud_buffer, cirrus_buffer, shadow_buffer, snow_buffer (m), cloud_threshold,
     shadow_threshold, max_cloud_cover_frame). ``scene.topography`` (optional) provides
     ``dem`` (m) and ``slope`` (rad) on the processing grid; without it the ground is flat at
     0 m. ``stats["timings"]``: wall s per sub-stage (potential, probability | parallax,
-    shadow_probability, shadow_matching, finalize, total); ``stats["cpu_timings"]``: the
+    objects, shadow_probability, shadow_matching, finalize, total); ``stats["cpu_timings"]``: the
     same in CPU s of the process (all threads)."""
     t_all = _now()
     timings: dict[str, float] = {}
@@ -337,8 +419,9 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     bits = _work_bits(scene.qai, qgrid, work)
     slope_code, dem = _topography(scene, work)
     vprob = P.potential_cloud(bands, bits, slope_code)
-    snow_work = buffer_disk((bits & P.SNOW_CANDIDATE) != 0, radius_px(params.snow_buffer, work.res))
-    P.set_snow(bits, snow_work)
+    for d in ("BLUE", "GREEN", "RED"):     # Sentinel-2: 20 m copies of the 10 m bands
+        del bands[d]
+    P.buffer_snow(bits, radius_px(params.snow_buffer, work.res))
     counts = P.class_counts(bits)
     stats.update({k: v for k, v in counts.items()})
     npix = counts["npix"]
@@ -354,7 +437,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
         if is_s2:
             k = _ratio(scene.grids["BROADNIR"], work)
             if k:
-                gb8 = smoothed_broadnir(scene.toa["BROADNIR"], scene.qai, k, bits)
+                gb8 = smoothed_broadnir_rows(scene.toa["BROADNIR"], scene.qai, k, bits)
             else:
                 b8 = _band_on(scene, "BROADNIR", work)
                 q_w = np.where(bits & P.OFF, np.uint16(1), np.uint16(0))
@@ -375,9 +458,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
             lowtemp, hightemp = st["lowtemp"], st["hightemp"]
             stats["probability"] = st
         del vprob
-        valid_w = (bits & P.OFF) == 0
-        cloud &= valid_w
-        del valid_w
+        _and_valid(cloud, bits)
         stats["saturated_objects_dropped"] = drop_saturated_specks(cloud, bits, work.res)
         ncloud = int(np.count_nonzero(cloud))
         cc_cloud = _pct(ncloud, npix)
@@ -385,39 +466,59 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
         _lap(stats, "parallax" if is_s2 else "probability", t0)
         if cc_cloud <= 0.8 * max_frame:
             if ncloud > 0:
+                # objects first (their pixel lists are small, the label image is not), with
+                # the distance test of the shadow fill on the clouds before the removal of
+                # the small objects (spec 01 §6.5 precedes §6.6)
                 t0 = _now()
-                lnd = P.land_mask(bits)
-                spr, rel, st = shadow_probability(bits, bands["NIR"], bands["SWIR1"], cloud, lnd,
-                                             _maxdist(scene.geometry, work.res))
-                del lnd
-                stats["shadow_probability"] = st
-                _lap(stats, "shadow_probability", t0)
-                t0 = _now()
+                mark_far(bits, cloud, _maxdist(scene.geometry, work.res))
                 labels, n = label8(cloud)
                 n_all = n
-                labels, n = remove_small_objects(cloud, labels, n, MIN_OBJECT)
+                rebuild = cdi_cloud is None
+                if rebuild:
+                    # Landsat: the objects are the cloud mask's components, so the mask
+                    # after the removal of the small objects is the objects' support: it is
+                    # dropped here and redrawn from the objects' pixel lists after the floods
+                    del cloud
+                    labels, n = remove_small_objects(None, labels, n, MIN_OBJECT, inplace=True)
+                else:
+                    labels, n = remove_small_objects(cloud, labels, n, MIN_OBJECT, inplace=True)
                 n_kept = n
                 if cdi_cloud is not None:
                     # the shadows are matched with the CDI objects (the growth can join
                     # clouds at different heights); the grown pixels still hide shadows
+                    del labels
                     labels, n = label8(cdi_cloud & cloud)
-                    labels, n = remove_small_objects(cdi_cloud, labels, n, MIN_OBJECT)
+                    labels, n = remove_small_objects(cdi_cloud, labels, n, MIN_OBJECT,
+                                                     inplace=True)
+                    cdi_cloud = None
                 if SPLIT_OBJECTS:
-                    labels, n = split_objects(labels, n)
+                    labels, n = split_objects(labels, n, inplace=True)
+                pix, start = object_pixels(labels, n)
+                del labels
                 stats["objects"] = {"all": n_all, "kept": n_kept, "after_split": n}
+                _lap(stats, "objects", t0)
+                t0 = _now()
+                dark, st = shadow_probability(bits, bands["NIR"], bands["SWIR1"], None,
+                                              _maxdist(scene.geometry, work.res))
+                stats["shadow_probability"] = st
+                if rebuild:         # after the floods: one full-size array less during them
+                    cloud = np.zeros(work.shape, np.bool_)
+                    cloud.ravel()[pix] = True
+                _lap(stats, "shadow_probability", t0)
+                t0 = _now()
                 crow, ccol = _cells(work, scene.geometry.grid)
                 fx, fy = _shift_factors(scene.geometry, work.res)
                 shadow, st = shadow_matching(
-                    cloud, labels, n, spr, rel, bits, res=work.res, crow=crow, ccol=ccol, fx=fx, fy=fy,
-                    base_step=_base_step(scene.geometry),
+                    cloud, pix, start, n, dark, bits, res=work.res, crow=crow, ccol=ccol, fx=fx,
+                    fy=fy, base_step=_base_step(scene.geometry),
                     shadow_threshold=float(params.shadow_threshold),
                     temp=bands.get("TEMP") if has_temp else None, lowtemp=lowtemp,
                     hightemp=hightemp, slope_zero=None if slope_code is None else slope_code == 0)
-                del spr, rel
+                del dark
                 per_object = st.pop("per_object", None)
-                scene.extra["cloud_objects"] = {"labels": labels, "work_grid": work,
-                                                **(per_object or {})}
-                del labels
+                scene.extra["cloud_objects"] = {"pix": pix, "start": start, "n": n,
+                                                "work_grid": work, **(per_object or {})}
+                del pix, start
                 stats["shadow_matching"] = st
                 _lap(stats, "shadow_matching", t0)
             else:
@@ -446,7 +547,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
                    cirrus_buffer=float(params.cirrus_buffer),
                    shadow_buffer=float(params.shadow_buffer),
                    snow_buffer=float(params.snow_buffer),
-                   snow_buffered_work=snow_work if gmap.identity else None)
+                   snow_from_bits=True)
     _lap(stats, "finalize", t0)
     nvalid = cnt["valid"]
     dc = _pct(nvalid, scene.qai.size)

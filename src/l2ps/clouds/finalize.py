@@ -13,7 +13,7 @@ from numba import njit, prange
 from .. import qai as Q
 from ..grid import Grid
 from ..scene import nearest_index, resample_nearest
-from .morphology import buffer_disk, distance_transform
+from .morphology import STRIP_ROWS, buffer_rows, distance_transform
 
 _CLEAR_BITS = np.uint16(~np.uint16((3 << Q.CLOUD) | (1 << Q.SHADOW) | (1 << Q.SNOW)
                                    | (1 << Q.WATER)) & 0xFFFF)
@@ -45,6 +45,14 @@ class GridMap:
             return np.array(mask, copy=True)
         out = np.empty(self.target.shape, mask.dtype)
         _upmap(np.ascontiguousarray(mask), self.rows, self.cols, out)
+        return out
+
+    def up_rows(self, mask: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` of :meth:`up` (a view of ``mask`` for the identity)."""
+        if self.identity:
+            return mask[a:b]
+        out = np.empty((b - a, self.target.nx), mask.dtype)
+        _upmap(np.ascontiguousarray(mask), self.rows[a:b], self.cols, out)
         return out
 
 
@@ -210,52 +218,84 @@ def radius_px(metres: float, res: float) -> int:
     return int(float(metres) / float(res)) if metres > 0 else 0
 
 
+@njit(cache=True, parallel=True)
+def _set_bits_from(qai, bits, flag, bit):
+    """QAI ``bit`` where ``bits & flag`` (identity grids) and the pixel is valid."""
+    ny, nx = qai.shape
+    v = np.uint16(1 << bit)
+    for i in prange(ny):
+        for j in range(nx):
+            if (bits[i, j] & flag) and not (qai[i, j] & 1):
+                qai[i, j] |= v
+
+
 def finalize(qai: np.ndarray, gmap: GridMap, bits: np.ndarray, cloud: np.ndarray,
              shadow: np.ndarray | None, cirrus: np.ndarray | None, *, cloud_buffer: float,
              cirrus_buffer: float, shadow_buffer: float, snow_buffer: float,
-             snow_buffered_work: np.ndarray | None = None) -> dict:
+             snow_buffered_work: np.ndarray | None = None, snow_from_bits: bool = False,
+             strip: int = STRIP_ROWS) -> dict:
     """Write the cloud, shadow, snow and water bits into ``qai`` (in place; spec 01 §6.2,
     §6.7). ``cloud``/``shadow``/``cirrus``: bool on the work grid; ``shadow=None`` means
     every valid pixel is shadow (the forced cc = 100 paths of §6.1). Buffers in metres.
-    ``snow_buffered_work``: the buffered snow mask already made on the work grid (used when
-    the work grid is the QAI grid). Returns the counts of :func:`cover_counts` plus the
-    number of opaque-cloud pixels before buffering."""
+    ``snow_buffered_work``: the buffered snow mask already made on the work grid, or
+    ``snow_from_bits=True``: the SNOW bit (16) of ``bits`` is that mask (both used only
+    when the work grid is the QAI grid). Returns the counts of :func:`cover_counts` plus
+    the number of opaque-cloud pixels before buffering.
+
+    The QAI is written in strips of ``strip`` rows: every step is pixel-wise given the
+    buffered masks, and the buffers of a strip come from the mask rows around it
+    (:func:`~.morphology.buffer_rows`), so no full-size mask is made on the QAI grid."""
     res = gmap.target.res
+    ny = qai.shape[0]
+    shape = qai.shape
     _clear_bits(qai, _CLEAR_BITS)
-    # water (unbuffered) and snow (buffered snow candidates)
+    # water (unbuffered)
     rows = gmap.rows if not gmap.identity else np.zeros(1, np.int64)
     cols = gmap.cols if not gmap.identity else np.zeros(1, np.int64)
     _set_water(qai, bits, rows, cols, gmap.identity)
+    snow_done = False
     if gmap.identity and snow_buffered_work is not None:
-        snow = snow_buffered_work
-    else:
-        snow = buffer_disk(gmap.up((bits & 8) != 0), radius_px(snow_buffer, res))
-    _set_bits(qai, snow, Q.SNOW)
-    del snow
-    # opaque clouds, then buffered clouds and cirrus
-    c10 = gmap.up(cloud)
-    opaque_rows = np.zeros(qai.shape[0], np.int64)
-    _opaque(qai, c10, opaque_rows)
-    cb = buffer_disk(c10, radius_px(cloud_buffer, res)) if cloud_buffer > 0 else c10
-    del c10
+        _set_bits(qai, snow_buffered_work, Q.SNOW)
+        snow_done = True
+    elif gmap.identity and snow_from_bits:
+        _set_bits_from(qai, bits, np.uint8(16), Q.SNOW)
+        snow_done = True
+    r_snow = radius_px(snow_buffer, res)
+    r_cloud = radius_px(cloud_buffer, res) if cloud_buffer > 0 else 0
+    r_cirrus = radius_px(cirrus_buffer, res) if cirrus_buffer > 0 else 0
+    r_shadow = radius_px(shadow_buffer, res) if shadow_buffer > 0 else 0
     has_cirrus = cirrus is not None
-    if has_cirrus:
-        ci = gmap.up(cirrus)
-        cirb = buffer_disk(ci, radius_px(cirrus_buffer, res)) if cirrus_buffer > 0 else ci
-        del ci
-    else:
-        cirb = np.zeros((1, 1), np.bool_)
-    _buffer_states(qai, cb, cirb, has_cirrus)
-    del cb, cirb
-    # shadows
-    if shadow is None:
-        _all_shadow(qai)
-    else:
-        s10 = gmap.up(shadow)
-        sb = buffer_disk(s10, radius_px(shadow_buffer, res)) if shadow_buffer > 0 else s10
-        del s10
-        _set_bits(qai, sb, Q.SHADOW)
-        del sb
+
+    def rows_of(mask):
+        return lambda a, b: gmap.up_rows(mask, a, b)
+
+    snow_rows = None
+    if not snow_done:
+        def snow_rows(a, b):
+            return (gmap.up_rows(bits, a, b) & np.uint8(8)) != 0
+    opaque_rows = np.zeros(ny, np.int64)
+    nocirrus = np.zeros((1, 1), np.bool_)
+    strip = max(int(strip), 1)
+    for i0 in range(0, ny, strip):
+        i1 = min(ny, i0 + strip)
+        q = qai[i0:i1]
+        # snow (buffered snow candidates)
+        if snow_rows is not None:
+            _set_bits(q, buffer_rows(snow_rows, shape, r_snow, i0, i1), Q.SNOW)
+        # opaque clouds, then buffered clouds and cirrus
+        c10 = np.ascontiguousarray(gmap.up_rows(cloud, i0, i1))
+        _opaque(q, c10, opaque_rows[i0:i1])
+        cb = buffer_rows(rows_of(cloud), shape, r_cloud, i0, i1) if r_cloud > 0 else c10
+        del c10
+        cirb = (buffer_rows(rows_of(cirrus), shape, r_cirrus, i0, i1) if has_cirrus
+                else nocirrus)
+        _buffer_states(q, cb, cirb, has_cirrus)
+        del cb, cirb
+        # shadows
+        if shadow is None:
+            _all_shadow(q)
+        else:
+            _set_bits(q, buffer_rows(rows_of(shadow), shape, r_shadow, i0, i1), Q.SHADOW)
     out = cover_counts(qai)
     out["opaque_unbuffered"] = int(opaque_rows.sum())
     return out

@@ -19,6 +19,8 @@ threads: parallel loops only run over independent rows or columns and never redu
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 from scipy import ndimage
@@ -222,13 +224,87 @@ def distance_float(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def buffer_disk(mask: np.ndarray, radius: int, *, drop_border: bool = False) -> np.ndarray:
+@njit(cache=True, parallel=True)
+def _beyond_rows(g, limit, bits, bit):
+    """Row pass: set ``bit`` of ``bits`` where the truncated integer distance (as
+    :func:`distance_transform`) is > ``limit``, clear it elsewhere."""
+    ny, nx = g.shape
+    keep = np.uint8(0xFF ^ bit)
+    for i in prange(ny):
+        s = np.empty(nx, np.int64)
+        t = np.empty(nx, np.int64)
+        row = np.empty(nx, np.int64)
+        _row_d2(g, i, nx, s, t, row)
+        for u in range(nx):
+            d = np.int64(np.sqrt(np.float64(row[u])))
+            while d * d > row[u]:
+                d -= 1
+            while (d + 1) * (d + 1) <= row[u]:
+                d += 1
+            d = min(d, 65535)
+            if d > limit:
+                bits[i, u] |= bit
+            else:
+                bits[i, u] &= keep
+
+
+def mark_beyond(mask: np.ndarray, limit: float, bits: np.ndarray, bit: int) -> None:
+    """In place: set ``bit`` of the uint8 ``bits`` where ``distance_transform(mask) > limit``
+    (the same integer distances), clear it elsewhere — without the uint16 distance image
+    (only its column pass, 2 bytes per pixel, lives during the call)."""
+    m = _as_bool(mask)
+    ny, nx = m.shape
+    g = np.empty(m.shape, np.uint16)
+    _column_distance(m, nx + ny, g)
+    _beyond_rows(g, np.float64(limit), bits, np.uint8(bit))
+
+
+STRIP_ROWS = 1024      # rows per strip of the strip-wise buffers
+
+
+def buffer_margin(radius: int) -> int:
+    """Rows above and below a strip that :func:`buffer_rows` needs: more than the largest
+    distance that decides the disk test (√hi of :func:`_footprint_tables`)."""
+    r = int(radius)
+    if r <= 0:
+        return 0
+    _, _, hi = _footprint_tables(r)
+    return math.isqrt(hi) + 2
+
+
+def buffer_rows(get_rows, shape: tuple[int, int], radius: int, i0: int, i1: int
+                ) -> np.ndarray:
+    """Rows ``i0:i1`` of ``buffer_disk(mask, radius)`` (bool, exact) computed from the mask
+    rows ``i0 − M : i1 + M`` only (M = :func:`buffer_margin`), which ``get_rows(a, b)``
+    returns (bool, C-contiguous). The column distances within the strip equal the image's
+    wherever they can decide the result: a TRUE pixel that is nearer than √hi lies within
+    M rows, and larger distances stay larger."""
+    ny, nx = shape
+    r = int(radius)
+    if r <= 0:
+        return np.array(get_rows(i0, i1), dtype=np.bool_, copy=True)
+    half, lo, hi = _footprint_tables(r)
+    mg = math.isqrt(hi) + 2
+    a, b = max(0, i0 - mg), min(ny, i1 + mg)
+    m = _as_bool(get_rows(a, b))
+    g = np.empty(m.shape, np.uint16)
+    _column_distance(m, nx + ny, g)
+    del m
+    out = np.empty((i1 - i0, nx), np.bool_)
+    _dilate_rows(g[i0 - a:i1 - a], half, lo, hi, out)
+    return out
+
+
+def buffer_disk(mask: np.ndarray, radius: int, *, drop_border: bool = False,
+                strip: int = STRIP_ROWS) -> np.ndarray:
     """Dilate ``mask`` with FORCE's midpoint-circle disk of ``radius`` pixels (spec 01 §6.9).
 
     ``radius ≤ 0`` returns a copy (no buffer). The disks of TRUE pixels near the image edge
     are clipped to the image. ``drop_border=True`` reproduces FORCE's ``buffer_`` exactly:
     TRUE pixels within ``radius`` of the edge are not drawn (and thus lost unless another
-    disk covers them) — l2ps does not use that (docs/deviations.d/clouds.md)."""
+    disk covers them) — l2ps does not use that (docs/deviations.d/clouds.md). Computed in
+    strips of ``strip`` rows (:func:`buffer_rows`): besides the result, only a strip's
+    column distances are held."""
     m = _as_bool(mask)
     r = int(radius)
     if r <= 0:
@@ -240,11 +316,11 @@ def buffer_disk(mask: np.ndarray, radius: int, *, drop_border: bool = False) -> 
         m[:, :r] = False
         m[:, -r:] = False
     ny, nx = m.shape
-    half, lo, hi = _footprint_tables(r)
-    g = np.empty(m.shape, np.uint16)
-    _column_distance(m, nx + ny, g)
     out = np.empty(m.shape, np.bool_)
-    _dilate_rows(g, half, lo, hi, out)
+    strip = max(int(strip), 1)
+    for i0 in range(0, ny, strip):
+        i1 = min(ny, i0 + strip)
+        out[i0:i1] = buffer_rows(lambda a, b: m[a:b], (ny, nx), r, i0, i1)
     return out
 
 
@@ -284,17 +360,57 @@ def majority_fill(mask: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- reconstruction
+_CHUNK = 256        # queue entries per chunk of the priority flood's bucket queue
+
+
+@njit(cache=True, nogil=True)
+def _new_chunk(pool, cnext, free, nalloc):
+    """A chunk of the pool (recycled from the free list, else the next unused one; the pool
+    doubles when full). Returns (pool, cnext, chunk, free, nalloc)."""
+    if free != -1:
+        c = free
+        free = cnext[c]
+        return pool, cnext, c, free, nalloc
+    if nalloc == cnext.shape[0]:
+        cap = 2 * cnext.shape[0]
+        p2 = np.empty(cap * _CHUNK, pool.dtype)
+        p2[:nalloc * _CHUNK] = pool[:nalloc * _CHUNK]
+        n2 = np.empty(cap, cnext.dtype)
+        n2[:nalloc] = cnext[:nalloc]
+        pool, cnext = p2, n2
+    c = nalloc
+    return pool, cnext, c, free, nalloc + 1
+
+
 @njit(cache=True, nogil=True)
 def _priority_fill(img, out, offset, nlev):
-    """Priority flood (bucket queue over the integer levels): pixels are taken in order of
-    non-decreasing fill level starting from the image border; an unvisited 8-neighbour gets
-    max(level, its value). Each pixel is queued once (O(n)); ``out`` receives the fill.
-    ``offset``/``nlev``: level index = value + offset in 0..nlev−1. The per-pixel link
-    array doubles as the visited mark (−2: not yet queued), 4 bytes per pixel in all."""
+    """Priority flood over a bucket queue of the integer levels: pixels are taken in order
+    of non-decreasing fill level starting from the image border; an unvisited 8-neighbour
+    gets max(level, its value). Each pixel is queued once (O(n)); ``out`` receives the fill
+    (may be ``img`` itself: a pixel's value is read before its fill is written).
+    ``offset``/``nlev``: level index = value + offset in 0..nlev−1.
+
+    Memory: a visited bit per pixel (n/8 bytes) and FIFO buckets made of chunks of
+    ``_CHUNK`` int32 indices drawn from a shared pool (a chunk is recycled as soon as it
+    is consumed), i.e. proportional to the number of pixels queued at a time — the
+    flood's front — rather than to the image. The pixels of the level being processed go
+    to a ring buffer (the plateaus). The result is the unique greyscale reconstruction,
+    whatever the order of the pixels within a level. Returns the chunks used."""
     ny, nx = img.shape
     n = ny * nx
-    nxt = np.full(n, -2, np.int32)
-    head = np.full(nlev, -1, np.int32)
+    seen = np.zeros((n + 7) // 8, np.uint8)
+    pool = np.empty(1024 * _CHUNK, np.int32)
+    cnext = np.empty(1024, np.int32)
+    free = -1
+    nalloc = 0
+    hc = np.full(nlev, -1, np.int32)      # head chunk of each level's FIFO
+    hp = np.zeros(nlev, np.int32)         # read position in the head chunk
+    tc = np.full(nlev, -1, np.int32)      # tail chunk
+    tp = np.zeros(nlev, np.int32)         # write position in the tail chunk
+    ring = np.empty(1 << 16, np.int32)    # FIFO of the current level (power-of-2 size)
+    rmask = ring.shape[0] - 1
+    rh = 0
+    rn = 0
     lo = nlev
     for i in range(ny):
         for j in range(nx):
@@ -302,14 +418,46 @@ def _priority_fill(img, out, offset, nlev):
                 p = i * nx + j
                 v = np.int64(img[i, j]) + offset
                 out[i, j] = img[i, j]
-                nxt[p] = head[v]
-                head[v] = p
+                seen[p >> 3] |= np.uint8(1 << (p & 7))
+                if tc[v] == -1 or tp[v] == _CHUNK:
+                    pool, cnext, c, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
+                    cnext[c] = -1
+                    if tc[v] == -1:
+                        hc[v] = c
+                        hp[v] = 0
+                    else:
+                        cnext[tc[v]] = c
+                    tc[v] = c
+                    tp[v] = 0
+                pool[tc[v] * _CHUNK + tp[v]] = p
+                tp[v] += 1
                 if v < lo:
                     lo = v
     for lev in range(lo, nlev):
-        while head[lev] != -1:
-            p = head[lev]
-            head[lev] = nxt[p]
+        while True:
+            if rn > 0:
+                p = ring[rh]
+                rh = (rh + 1) & rmask
+                rn -= 1
+            else:
+                c = hc[lev]
+                if c == -1:
+                    break
+                end = tp[lev] if c == tc[lev] else _CHUNK
+                if hp[lev] == end:
+                    # head chunk consumed: recycle it
+                    nxt = cnext[c]
+                    cnext[c] = free
+                    free = c
+                    if c == tc[lev]:
+                        hc[lev] = -1
+                        tc[lev] = -1
+                    else:
+                        hc[lev] = nxt
+                        hp[lev] = 0
+                    continue
+                p = pool[c * _CHUNK + hp[lev]]
+                hp[lev] += 1
             i = p // nx
             j = p - i * nx
             for di in range(-1, 2):
@@ -321,14 +469,36 @@ def _priority_fill(img, out, offset, nlev):
                     if jj < 0 or jj >= nx:
                         continue
                     q = ii * nx + jj
-                    if nxt[q] != -2:
+                    if seen[q >> 3] & (1 << (q & 7)):
                         continue
+                    seen[q >> 3] |= np.uint8(1 << (q & 7))
                     v = np.int64(img[ii, jj]) + offset
-                    if v < lev:
-                        v = lev
-                    out[ii, jj] = v - offset
-                    nxt[q] = head[v]
-                    head[v] = q
+                    if v <= lev:
+                        out[ii, jj] = lev - offset
+                        if rn == ring.shape[0]:
+                            r2 = np.empty(2 * ring.shape[0], np.int32)
+                            for k in range(rn):
+                                r2[k] = ring[(rh + k) & rmask]
+                            ring = r2
+                            rmask = ring.shape[0] - 1
+                            rh = 0
+                        ring[(rh + rn) & rmask] = q
+                        rn += 1
+                        continue
+                    out[ii, jj] = img[ii, jj]
+                    if tc[v] == -1 or tp[v] == _CHUNK:
+                        pool, cnext, c2, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
+                        cnext[c2] = -1
+                        if tc[v] == -1:
+                            hc[v] = c2
+                            hp[v] = 0
+                        else:
+                            cnext[tc[v]] = c2
+                        tc[v] = c2
+                        tp[v] = 0
+                    pool[tc[v] * _CHUNK + tp[v]] = q
+                    tp[v] += 1
+    return nalloc
 
 
 def fill_depressions(img: np.ndarray, *, inplace: bool = False) -> np.ndarray:
@@ -394,11 +564,13 @@ def label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def remove_small_objects(mask: np.ndarray, labels: np.ndarray, n: int, nmin: int
-                         ) -> tuple[np.ndarray, int]:
+def remove_small_objects(mask: np.ndarray | None, labels: np.ndarray, n: int, nmin: int, *,
+                         inplace: bool = False) -> tuple[np.ndarray, int]:
     """Delete objects with fewer than ``nmin`` pixels from ``mask`` (in place) and relabel
-    the others 1..k in their previous order. Returns (new labels, k). Spec 01 §6.6 step 1,
-    without FORCE's clearing of pixel (0, 0)."""
+    the others 1..k in their previous order. Returns (new labels, k); ``inplace=True``
+    relabels the C-contiguous int32 ``labels`` itself; ``mask=None``: relabel only. Spec
+    01 §6.6 step 1, without
+    FORCE's clearing of pixel (0, 0)."""
     if n == 0:
         return labels, 0
     counts = label_sizes(labels, n)
@@ -408,7 +580,12 @@ def remove_small_objects(mask: np.ndarray, labels: np.ndarray, n: int, nmin: int
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     small = ~keep
     small[0] = False
-    out = np.empty(labels.shape, np.int32)
+    if inplace and not (labels.dtype == np.int32 and labels.flags.c_contiguous):
+        raise TypeError("remove_small_objects(inplace=True) needs C-contiguous int32 labels")
+    out = labels if inplace else np.empty(labels.shape, np.int32)
+    if mask is None:            # only relabel (the caller has no mask to clear)
+        _relabel(np.ascontiguousarray(labels), lut, small, False, np.zeros((1, 1), np.bool_), out)
+        return out, int(keep.sum())
     if small.any() and mask.dtype == np.bool_ and mask.shape == labels.shape:
         _relabel(np.ascontiguousarray(labels), lut, small, True, mask, out)
         return out, int(keep.sum())
@@ -458,17 +635,25 @@ SPLIT_CORE = 0.5          # marker: pixels at ≥ this share of the object's lar
 SPLIT_MIN_CORE = 3        # px, minimum inner distance of a marker
 
 
-def split_objects(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+def split_objects(labels: np.ndarray, n: int, *, inplace: bool = False
+                  ) -> tuple[np.ndarray, int]:
     """Split touching cloud objects at their necks (an l2ps addition to spec 01 §6.6 step 1):
     per object, the markers are the 8-connected parts of the pixels whose distance to the
     background is ≥ max(SPLIT_MIN_CORE, SPLIT_CORE × the object's largest distance); with
     two or more markers every pixel of the object goes to its nearest marker (Euclidean).
     Clouds at different heights that touch in the image thus get a height each. Returns
-    (labels 1..m in raster order of the objects and, within an object, of its markers; m)."""
+    (labels 1..m in raster order of the objects and, within an object, of its markers; m).
+    ``inplace=True`` overwrites the int32 ``labels`` (the new labels are written negated
+    while the objects are visited — they never equal a label still to come and count as
+    "not this object" as the other objects' labels did — and negated back at the end)."""
     if n == 0:
         return labels, 0
-    out = np.zeros(labels.shape, np.int32)
-    ny, nx = labels.shape
+    if inplace:
+        if labels.dtype != np.int32:
+            raise TypeError("split_objects(inplace=True) needs int32 labels")
+        out, sign = labels, -1
+    else:
+        out, sign = np.zeros(labels.shape, np.int32), 1
     m = 0
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -481,7 +666,7 @@ def split_objects(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
         mk, nm = ndimage.label(core, structure=_EIGHT) if dmax >= SPLIT_MIN_CORE else (None, 0)
         if nm < 2:
             m += 1
-            out[sl][obj] = m
+            out[sl][obj] = sign * m
             continue
         _, (ii, jj) = ndimage.distance_transform_edt(mk == 0, return_indices=True)
         piece = np.where(obj, mk[ii, jj], 0)
@@ -490,9 +675,11 @@ def split_objects(labels: np.ndarray, n: int) -> tuple[np.ndarray, int]:
             sel = piece == j
             if sel.any():
                 m += 1
-                sub[sel] = m
+                sub[sel] = sign * m
         rest = obj & (piece <= 0)
         if rest.any():
             m += 1
-            sub[rest] = m
+            sub[rest] = sign * m
+    if inplace:
+        np.negative(out, out=out)
     return out, m

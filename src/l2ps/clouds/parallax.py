@@ -22,20 +22,22 @@ _SIGMA = 0.5
 
 
 @njit(cache=True, parallel=True)
-def _gauss_aggregate(b8, qai, k, off_coarse, out):
+def _gauss_aggregate(b8, qai, k, off_coarse, ci0, out):
     """Mean over the k×k fine children of each coarse cell of the 5×5 Gaussian (σ = 0.5)
     of B08, normalised by the weights of in-image, valid neighbours; valid children only.
-    The 25 weights are computed once (same values as per pixel)."""
+    The 25 weights are computed once (same values as per pixel). ``out`` holds the coarse
+    rows ci0 … ci0 + out.shape[0] − 1."""
     ny, nx = b8.shape
     cy, cx = out.shape
     wtab = np.empty((5, 5), np.float64)
     for di in range(-2, 3):
         for dj in range(-2, 3):
             wtab[di + 2, dj + 2] = math.exp(-(di * di + dj * dj) / (2.0 * 0.25))
-    for ci in prange(cy):
+    for r in prange(cy):
+        ci = ci0 + r
         for cj in range(cx):
             if off_coarse[ci, cj] & 1:
-                out[ci, cj] = 0.0
+                out[r, cj] = 0.0
                 continue
             acc = 0.0
             nval = 0
@@ -63,7 +65,7 @@ def _gauss_aggregate(b8, qai, k, off_coarse, out):
                     if w > 0:
                         acc += s / w
                         nval += 1
-            out[ci, cj] = np.float32(acc / nval) if nval > 0 else np.float32(0.0)
+            out[r, cj] = np.float32(acc / nval) if nval > 0 else np.float32(0.0)
 
 
 @njit(cache=True, parallel=True)
@@ -84,12 +86,15 @@ def _ratios(bits, b7, b8a, gb8, vprob, r1, r2, v):
 
 
 @njit(cache=True, parallel=True)
-def _cdi_kernel(r1, r2, v, cdi, vmin):
+def _cdi_kernel(r1, r2, v, ra, ny, c0, cdi, vmin):
     """CDI from the sample variances over 7×7 cells (r1 ≠ 0, > 2 cells) and the minimum of
-    v over 15×15 cells (r1 ≠ 0). Row-parallel, each row summed in a fixed order."""
-    ny, nx = r1.shape
+    v over 15×15 cells (r1 ≠ 0), for the image rows c0 … c0 + cdi.shape[0] − 1 (``ny``:
+    image rows; r1, r2, v hold the image rows from ``ra`` on, at least 7 rows around).
+    Row-parallel, each row summed in a fixed order."""
+    nx = r1.shape[1]
     inf = np.float32(np.inf)
-    for i in prange(ny):
+    for rr in prange(cdi.shape[0]):
+        i = c0 + rr
         cn = np.zeros(nx, np.int64)
         c1 = np.zeros(nx, np.float64)
         c11 = np.zeros(nx, np.float64)
@@ -100,23 +105,24 @@ def _cdi_kernel(r1, r2, v, cdi, vmin):
             cm[j] = inf
         for ii in range(max(0, i - 7), min(ny, i + 8)):
             near = ii >= i - 3 and ii <= i + 3
+            li = ii - ra
             for j in range(nx):
-                a = r1[ii, j]
+                a = r1[li, j]
                 if a == 0:
                     continue
-                if v[ii, j] < cm[j]:
-                    cm[j] = v[ii, j]
+                if v[li, j] < cm[j]:
+                    cm[j] = v[li, j]
                 if near:
-                    b = r2[ii, j]
+                    b = r2[li, j]
                     cn[j] += 1
                     c1[j] += a
                     c11[j] += np.float64(a) * a
                     c2[j] += b
                     c22[j] += np.float64(b) * b
         for j in range(nx):
-            if r1[i, j] == 0:
-                cdi[i, j] = CDI_NODATA
-                vmin[i, j] = inf
+            if r1[i - ra, j] == 0:
+                cdi[rr, j] = CDI_NODATA
+                vmin[rr, j] = inf
                 continue
             n = 0
             s1 = 0.0
@@ -133,7 +139,7 @@ def _cdi_kernel(r1, r2, v, cdi, vmin):
             for jj in range(max(0, j - 7), min(nx, j + 8)):
                 if cm[jj] < m:
                     m = cm[jj]
-            vmin[i, j] = m
+            vmin[rr, j] = m
             if n > 2:
                 var1 = (s11 - s1 * s1 / n) / (n - 1)
                 var2 = (s22 - s2 * s2 / n) / (n - 1)
@@ -143,20 +149,34 @@ def _cdi_kernel(r1, r2, v, cdi, vmin):
                     var2 = 0.0
                 den = var1 + var2
                 if den > 0:
-                    cdi[i, j] = np.float32((var1 - var2) / den)
+                    cdi[rr, j] = np.float32((var1 - var2) / den)
                 else:
-                    cdi[i, j] = np.float32(np.nan)     # 0/0 as in C: never seed nor grow
+                    cdi[rr, j] = np.float32(np.nan)     # 0/0 as in C: never seed nor grow
             else:
-                cdi[i, j] = CDI_NODATA
+                cdi[rr, j] = CDI_NODATA
+
+
+@njit(cache=True, inline="always")
+def _growable(c):
+    return c >= -1.0 and c < -0.25
 
 
 @njit(cache=True, parallel=True)
-def _seeds(cdi, vmin, seed):
-    ny, nx = cdi.shape
-    for i in prange(ny):
+def _seeds(cdi, vmin, c0, ny, i0, seed, grow):
+    """Seeds and growable cells (−1 ≤ CDI < −0.25) of the image rows i0 … i0 +
+    seed.shape[0] − 1; ``cdi``/``vmin`` hold the image rows from ``c0`` on (with the rows
+    above and below); returns the number of cells with a CDI (row-wise counts summed)."""
+    nr, nx = seed.shape
+    cnt = np.zeros(nr, np.int64)
+    for rr in prange(nr):
+        i = i0 + rr
+        li = i - c0
         for j in range(nx):
-            c = cdi[i, j]
-            ok = c != CDI_NODATA and (c <= -0.5 or (vmin[i, j] > 0.8 and c < 0))
+            c = cdi[li, j]
+            if c != CDI_NODATA:
+                cnt[rr] += 1
+            grow[rr, j] = _growable(c)
+            ok = c != CDI_NODATA and (c <= -0.5 or (vmin[li, j] > 0.8 and c < 0))
             if ok:
                 for di in range(-1, 2):
                     ii = i + di
@@ -166,21 +186,18 @@ def _seeds(cdi, vmin, seed):
                         jj = j + dj
                         if jj < 0 or jj >= nx:
                             continue
-                        d = cdi[ii, jj]
-                        if d == CDI_NODATA or (d > -0.5 and vmin[ii, jj] < 0.8):
+                        d = cdi[ii - c0, jj]
+                        if d == CDI_NODATA or (d > -0.5 and vmin[ii - c0, jj] < 0.8):
                             ok = False
-            seed[i, j] = ok
-
-
-@njit(cache=True, inline="always")
-def _growable(c):
-    return c >= -1.0 and c < -0.25
+            seed[rr, j] = ok
+    return cnt.sum()
 
 
 @njit(cache=True)
-def _grow(cdi, cloud):
-    """FIFO region growing from the seeds in ``cloud`` (in place), 8-neighbourhood."""
-    ny, nx = cdi.shape
+def _grow(grow, cloud):
+    """FIFO region growing from the seeds in ``cloud`` (in place) into the ``grow`` cells,
+    8-neighbourhood."""
+    ny, nx = grow.shape
     n = 0
     for i in range(ny):
         for j in range(nx):
@@ -203,7 +220,7 @@ def _grow(cdi, cloud):
                     jj = j + dj
                     if jj < 0 or jj >= nx:
                         continue
-                    if not cloud[ii, jj] and _growable(cdi[ii, jj]):
+                    if not cloud[ii, jj] and grow[ii, jj]:
                         push = True
             if push:
                 queue[(head + size) % cap] = i * nx + j
@@ -222,7 +239,7 @@ def _grow(cdi, cloud):
                 jj = j + dj
                 if jj < 0 or jj >= nx:
                     continue
-                if not cloud[ii, jj] and _growable(cdi[ii, jj]):
+                if not cloud[ii, jj] and grow[ii, jj]:
                     cloud[ii, jj] = True
                     if size == cap:
                         new = np.empty(2 * cap, np.int64)
@@ -248,30 +265,59 @@ def smoothed_broadnir(b8: np.ndarray, qai: np.ndarray, k: int, bits: np.ndarray)
     """Gaussian-smoothed B08 (σ = 0.5 px, 5×5, valid neighbours only) averaged over the k×k
     fine pixels of each work cell (k = 1: smoothing on the work grid itself). float32 on the
     work grid (``bits``' shape)."""
-    out = np.empty(bits.shape, np.float32)
-    _gauss_aggregate(np.ascontiguousarray(b8), np.ascontiguousarray(qai), int(k), bits, out)
-    return out
+    return smoothed_broadnir_rows(b8, qai, k, bits)(0, bits.shape[0])
 
 
-def cloud_parallax(bits: np.ndarray, b7: np.ndarray, b8a: np.ndarray, gb8: np.ndarray,
-                   vprob: np.ndarray) -> tuple[np.ndarray, dict]:
+def smoothed_broadnir_rows(b8: np.ndarray, qai: np.ndarray, k: int, bits: np.ndarray):
+    """:func:`smoothed_broadnir` as a function of a row range: ``f(a, b)`` returns the work
+    rows a:b (float32), so that the full-size float image is never made."""
+    b8c = np.ascontiguousarray(b8)
+    qc = np.ascontiguousarray(qai)
+
+    def rows(a: int, b: int) -> np.ndarray:
+        out = np.empty((b - a, bits.shape[1]), np.float32)
+        _gauss_aggregate(b8c, qc, int(k), bits, int(a), out)
+        return out
+    return rows
+
+
+STRIP_ROWS = 512          # work rows per strip of the CDI
+
+
+def cloud_parallax(bits: np.ndarray, b7: np.ndarray, b8a: np.ndarray, gb8, vprob: np.ndarray,
+                   strip: int = STRIP_ROWS) -> tuple[np.ndarray, dict]:
     """Sentinel-2 cloud mask on the 20 m work grid (spec 01 §6.4 steps 2–7): ratios of PCP
     cells, CDI, seeds, region growing, then OR saturation, AND bright. Returns (cloud bool,
-    stats with the seed and grown cell counts)."""
-    shape = bits.shape
-    r1 = np.empty(shape, np.float32)
-    r2 = np.empty(shape, np.float32)
-    v = np.empty(shape, np.float32)
-    _ratios(bits, b7, b8a, gb8, vprob, r1, r2, v)
-    cdi = np.empty(shape, np.float32)
-    vmin = np.empty(shape, np.float32)
-    _cdi_kernel(r1, r2, v, cdi, vmin)
-    del r1, r2, v
-    cloud = np.empty(shape, np.bool_)
-    _seeds(cdi, vmin, cloud)
+    stats with the seed and grown cell counts).
+
+    ``gb8``: the smoothed B08 (float32 array on the work grid) or a function of a row range
+    (:func:`smoothed_broadnir_rows`). The ratios, the CDI and the 15×15 minimum are made in
+    strips of ``strip`` rows (with the 8 rows above and below that they need); only the
+    seeds and the growable cells (bool) are kept at full size."""
+    ny, nx = bits.shape
+    rows_gb8 = gb8 if callable(gb8) else (lambda a, b: gb8[a:b])
+    cloud = np.empty((ny, nx), np.bool_)
+    grow = np.empty((ny, nx), np.bool_)
+    ncdi = 0
+    strip = max(int(strip), 1)
+    for i0 in range(0, ny, strip):
+        i1 = min(ny, i0 + strip)
+        c0, c1 = max(0, i0 - 1), min(ny, i1 + 1)        # CDI rows for the seeds' 3×3
+        ra, rb = max(0, c0 - 7), min(ny, c1 + 7)        # ratio rows for the CDI's 15×15
+        r1 = np.empty((rb - ra, nx), np.float32)
+        r2 = np.empty((rb - ra, nx), np.float32)
+        v = np.empty((rb - ra, nx), np.float32)
+        _ratios(bits[ra:rb], b7[ra:rb], b8a[ra:rb], np.ascontiguousarray(rows_gb8(ra, rb)),
+                vprob[ra:rb], r1, r2, v)
+        cdi = np.empty((c1 - c0, nx), np.float32)
+        vmin = np.empty((c1 - c0, nx), np.float32)
+        _cdi_kernel(r1, r2, v, ra, ny, c0, cdi, vmin)
+        del r1, r2, v
+        ncdi += int(_seeds(cdi, vmin, c0, ny, i0, cloud[i0:i1], grow[i0:i1]))
+        del cdi, vmin
     nseed = int(np.count_nonzero(cloud))
-    del vmin
-    _grow(cdi, cloud)
+    _grow(grow, cloud)
+    del grow
     ngrown = int(np.count_nonzero(cloud))
     # texture-less cloud interiors have no parallax signal (both variances ~0): fill the
     # PCP holes enclosed by the grown clouds (l2ps addition, docs/deviations.d/clouds.md)
@@ -281,9 +327,6 @@ def cloud_parallax(bits: np.ndarray, b7: np.ndarray, b8a: np.ndarray, gb8: np.nd
     nfilled = int(np.count_nonzero(holes))
     cloud |= holes
     del holes
-    valid_cdi = cdi[cdi != CDI_NODATA]
-    stats = {"cdi_cells": int(valid_cdi.size), "seeds": nseed, "grown": ngrown,
-             "holes_filled": nfilled}
-    del cdi, valid_cdi
+    stats = {"cdi_cells": ncdi, "seeds": nseed, "grown": ngrown, "holes_filled": nfilled}
     _final(bits, cloud)
     return cloud, stats

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .morphology import STRIP_ROWS, buffer_rows
+
 # bits of the packed class array
 OFF = np.uint8(1)          # nodata (QAI bit 0)
 PCP = np.uint8(2)          # potential cloud pixel
@@ -126,6 +128,19 @@ def _apply_snow(bits, snow_buf):
 def set_snow(bits: np.ndarray, buffered_candidates: np.ndarray) -> None:
     """Set the SNOW bit where the buffered snow candidates are and the pixel is valid."""
     _apply_snow(bits, np.ascontiguousarray(buffered_candidates))
+
+
+def buffer_snow(bits: np.ndarray, radius: int, strip: int = STRIP_ROWS) -> None:
+    """Set the SNOW bit where ``buffer_disk(SNOW_CANDIDATE, radius)`` is and the pixel is
+    valid, strip by strip (no full-size mask: the candidates are read from ``bits``, whose
+    SNOW_CANDIDATE bit the SNOW bit does not touch)."""
+    ny = bits.shape[0]
+
+    def cand(a, b):
+        return (bits[a:b] & SNOW_CANDIDATE) != 0
+    for i0 in range(0, ny, max(int(strip), 1)):
+        i1 = min(ny, i0 + max(int(strip), 1))
+        _apply_snow(bits[i0:i1], buffer_rows(cand, bits.shape, radius, i0, i1))
 
 
 @njit(cache=True, parallel=True)

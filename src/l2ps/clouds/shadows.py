@@ -22,8 +22,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .morphology import distance_transform, fill_depressions_many
-from .stats import quantile_int16
+from . import potential as P
+from .morphology import _CHUNK, _new_chunk, mark_beyond
+from .stats import quantile_int16_bits
 
 MIN_OBJECT = 3            # objects with fewer pixels are removed from the cloud mask
 MATCH = 0.85              # minimum match of a cloud-height candidate
@@ -35,7 +36,6 @@ DEPTH_CAP = 750           # a pixel contributes at most 1 to the match (FORCE: n
 MAX_SAMPLES = 2000        # pixels per object used for the height search
 CORE_DEPTH = 3            # px from the cloud edge: inner (unmixed) pixels for basetemp
 CORE_QUANTILE = 0.9       # basetemp = this quantile of the inner pixels' temperatures
-REL_MIN = 0               # median relative darkening (×10000) of a drawn shadow
 # relative darkening (×10000) of a drawn shadow pixel: a shadow blocks at least half of the
 # direct beam, which carries ≥ ~80 % of the NIR/SWIR irradiance, so it darkens by ≥ ~0.40;
 # a semi-transparent (thin) cloud keeps ≥ 0.6 of the beam and darkens by ≤ ~0.33
@@ -44,76 +44,246 @@ WATER_LAND = 0.25         # share of dark visible land pixels that licenses wate
 
 
 # ----------------------------------------------------------------------------- probability
+FAR = np.uint8(128)         # temporary bit of the class array: farther than maxdist from clouds
+DEPTH_MASK = 0x7FFF         # packed shadow darkness: bits 0–14 fill depth (0..32767, ×10000)
+DARK_BIT = 0x8000           # bit 15: relative darkening ≥ REL_PIXEL in both bands
+# True (and ≥ 2 threads): the two floods run side by side, each into its own packed array
+# (2 × 2 bytes per pixel); False: one after the other into ``dark`` (2 bytes per pixel,
+# about twice the wall time of this step). Same result either way.
+PARALLEL_FLOODS = True
+
+
 @njit(cache=True, parallel=True)
-def _prepare_fill(band, bits, dist, maxdist, bck, out):
+def _clear_bit(bits, bit):
+    keep = np.uint8(0xFF ^ bit)
+    ny, nx = bits.shape
+    for i in prange(ny):
+        for j in range(nx):
+            bits[i, j] &= keep
+
+
+@njit(cache=True, inline="always")
+def _fill_input(band, bits, bck, i, j, ny, nx):
+    """The flood's input at (i, j): ``bck`` on the border, nodata and FAR pixels, else the
+    band (never stored)."""
+    if (i == 0 or j == 0 or i == ny - 1 or j == nx - 1 or (bits[i, j] & 1)
+            or (bits[i, j] & 128)):
+        return np.int64(bck)
+    return np.int64(band[i, j])
+
+
+@njit(cache=True, inline="always")
+def _put_dark(dark, i, j, f, m, first):
+    """Store the depth f − m and the DARK_BIT (relative darkening ≥ REL_PIXEL) of one band:
+    the first band sets ``dark``, the second takes the minimum depth and ANDs the bit."""
+    d = f - m
+    if d == 0:                  # depth 0, relative darkening 0: min → 0, bit cleared
+        dark[i, j] = 0
+        return
+    if d > 32767:
+        d = 32767
+    r = 0
+    if f > 0 and d > 0:
+        r = min(10000, (d * 10000) // f)
+    if first:
+        v = d
+        if r >= REL_PIXEL:
+            v |= DARK_BIT
+    else:
+        old = np.int64(dark[i, j])
+        v = min(old & DEPTH_MASK, d)
+        if (old & DARK_BIT) and r >= REL_PIXEL:
+            v |= DARK_BIT
+    dark[i, j] = np.uint16(v)
+
+
+@njit(cache=True, nogil=True)
+def _flood_dark(band, bits, bck, dark, first):
+    """The priority flood of :func:`~.morphology._priority_fill` on the input of
+    :func:`_fill_input` (computed on the fly, never stored), writing each pixel's depth and
+    DARK_BIT into ``dark`` (:func:`_put_dark`) when its fill level is known — no image but
+    ``dark``, a visited bit per pixel and the queue's chunks. Returns the chunks used."""
     ny, nx = band.shape
-    for i in prange(ny):
+    n = ny * nx
+    lo_v = np.int64(bck)
+    hi_v = np.int64(bck)
+    for i in range(1, ny - 1):
+        for j in range(1, nx - 1):
+            if not ((bits[i, j] & 1) or (bits[i, j] & 128)):
+                v = np.int64(band[i, j])
+                if v < lo_v:
+                    lo_v = v
+                if v > hi_v:
+                    hi_v = v
+    offset = -lo_v
+    nlev = hi_v - lo_v + 1
+    seen = np.zeros((n + 7) // 8, np.uint8)
+    pool = np.empty(1024 * _CHUNK, np.int32)
+    cnext = np.empty(1024, np.int32)
+    free = -1
+    nalloc = 0
+    hc = np.full(nlev, -1, np.int32)
+    hp = np.zeros(nlev, np.int32)
+    tc = np.full(nlev, -1, np.int32)
+    tp = np.zeros(nlev, np.int32)
+    ring = np.empty(1 << 16, np.int32)
+    rmask = ring.shape[0] - 1
+    rh = 0
+    rn = 0
+    lo = nlev
+    for i in range(ny):
         for j in range(nx):
-            if (i == 0 or j == 0 or i == ny - 1 or j == nx - 1 or (bits[i, j] & 1)
-                    or dist[i, j] > maxdist):
-                out[i, j] = bck
+            if i == 0 or j == 0 or i == ny - 1 or j == nx - 1:
+                p = i * nx + j
+                m = _fill_input(band, bits, bck, i, j, ny, nx)
+                v = m + offset
+                dark[i, j] = 0
+                seen[p >> 3] |= np.uint8(1 << (p & 7))
+                if tc[v] == -1 or tp[v] == _CHUNK:
+                    pool, cnext, c, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
+                    cnext[c] = -1
+                    if tc[v] == -1:
+                        hc[v] = c
+                        hp[v] = 0
+                    else:
+                        cnext[tc[v]] = c
+                    tc[v] = c
+                    tp[v] = 0
+                pool[tc[v] * _CHUNK + tp[v]] = p
+                tp[v] += 1
+                if v < lo:
+                    lo = v
+    for lev in range(lo, nlev):
+        while True:
+            if rn > 0:
+                p = ring[rh]
+                rh = (rh + 1) & rmask
+                rn -= 1
             else:
-                out[i, j] = band[i, j]
+                c = hc[lev]
+                if c == -1:
+                    break
+                end = tp[lev] if c == tc[lev] else _CHUNK
+                if hp[lev] == end:
+                    nxt = cnext[c]
+                    cnext[c] = free
+                    free = c
+                    if c == tc[lev]:
+                        hc[lev] = -1
+                        tc[lev] = -1
+                    else:
+                        hc[lev] = nxt
+                        hp[lev] = 0
+                    continue
+                p = pool[c * _CHUNK + hp[lev]]
+                hp[lev] += 1
+            i = p // nx
+            j = p - i * nx
+            for di in range(-1, 2):
+                ii = i + di
+                if ii < 0 or ii >= ny:
+                    continue
+                for dj in range(-1, 2):
+                    jj = j + dj
+                    if jj < 0 or jj >= nx:
+                        continue
+                    q = ii * nx + jj
+                    if seen[q >> 3] & (1 << (q & 7)):
+                        continue
+                    seen[q >> 3] |= np.uint8(1 << (q & 7))
+                    m = _fill_input(band, bits, bck, ii, jj, ny, nx)
+                    v = m + offset
+                    if v <= lev:
+                        _put_dark(dark, ii, jj, lev - offset, m, first)
+                        if rn == ring.shape[0]:
+                            r2 = np.empty(2 * ring.shape[0], np.int32)
+                            for k in range(rn):
+                                r2[k] = ring[(rh + k) & rmask]
+                            ring = r2
+                            rmask = ring.shape[0] - 1
+                            rh = 0
+                        ring[(rh + rn) & rmask] = q
+                        rn += 1
+                        continue
+                    dark[ii, jj] = 0            # fill = input: no depth, no darkening
+                    if tc[v] == -1 or tp[v] == _CHUNK:
+                        pool, cnext, c2, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
+                        cnext[c2] = -1
+                        if tc[v] == -1:
+                            hc[v] = c2
+                            hp[v] = 0
+                        else:
+                            cnext[tc[v]] = c2
+                        tc[v] = c2
+                        tp[v] = 0
+                    pool[tc[v] * _CHUNK + tp[v]] = q
+                    tp[v] += 1
+    return nalloc
 
 
 @njit(cache=True, parallel=True)
-def _depth_min(filled, band, bits, dist, maxdist, bck, spr, rel):
-    """spr = min(spr, filled − mask); rel = min(rel, (filled − mask)/filled ×10000), with
-    the flood's input ``mask`` recomputed as in :func:`_prepare_fill` (the flood overwrote
-    it with ``filled``)."""
-    ny, nx = spr.shape
+def _merge_dark(dark, other):
+    """dark = min(depths) | DARK_BIT where both have it."""
+    ny, nx = dark.shape
     for i in prange(ny):
         for j in range(nx):
-            f = np.int32(filled[i, j])
-            if (i == 0 or j == 0 or i == ny - 1 or j == nx - 1 or (bits[i, j] & 1)
-                    or dist[i, j] > maxdist):
-                m = np.int32(bck)
-            else:
-                m = np.int32(band[i, j])
-            d = f - m
-            if d > 32767:
-                d = 32767
-            if d < spr[i, j]:
-                spr[i, j] = d
-            r = 0
-            if f > 0 and d > 0:
-                r = min(10000, (d * 10000) // f)
-            if r < rel[i, j]:
-                rel[i, j] = r
+            a = np.int64(dark[i, j])
+            b = np.int64(other[i, j])
+            v = min(a & DEPTH_MASK, b & DEPTH_MASK) | (a & b & DARK_BIT)
+            dark[i, j] = np.uint16(v)
+
+
+def mark_far(bits: np.ndarray, cloud: np.ndarray, maxdist: float) -> None:
+    """Set the temporary FAR bit of ``bits`` where the (truncated integer) distance to the
+    nearest cloud pixel is > ``maxdist`` pixels (spec 01 §6.5), clear it elsewhere."""
+    mark_beyond(cloud, maxdist, bits, FAR)
 
 
 def shadow_probability(bits: np.ndarray, nir: np.ndarray, swir1: np.ndarray,
-                       cloud: np.ndarray, lnd: np.ndarray, maxdist: float
-                       ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(spr, rel, stats). spr: fill depth (int16, TOA ×10000) of dark depressions near
-    clouds: min over NIR and SWIR1 of (filled − band), where the band is set to its
-    clear-land 17.5th percentile on the image border, on nodata pixels and farther than
-    ``maxdist`` pixels from any cloud, then filled by greyscale reconstruction (spec 01
-    §6.5). Uses min(NIR, SWIR1) always (FORCE's 1-thread path uses SWIR1 only, a bug;
-    §9 #13). rel: the relative darkening (filled − band)/filled ×10000 (int16), min over
-    the two bands (an l2ps addition used to tell opaque from semi-transparent shadows)."""
-    dist = distance_transform(cloud)
+                       cloud: np.ndarray | None, maxdist: float, *, threads: int | None = None
+                       ) -> tuple[np.ndarray, dict]:
+    """(dark, stats). Fill depth of dark depressions near clouds (spec 01 §6.5): per band
+    (NIR, SWIR1) the band is set to its clear-land 17.5th percentile on the image border,
+    on nodata pixels and farther than ``maxdist`` pixels from any cloud, then filled by
+    greyscale reconstruction; depth = filled − band (TOA ×10000, capped at 32767), min over
+    the two bands (FORCE's 1-thread path uses SWIR1 only, a bug; §9 #13). The relative
+    darkening (filled − band)/filled ×10000 (an l2ps addition telling opaque from
+    semi-transparent shadows) is only ever compared with REL_PIXEL, so it is kept as one
+    bit: ``dark`` (uint16) = depth (bits 0–14, DEPTH_MASK) | DARK_BIT where both bands'
+    relative darkening ≥ REL_PIXEL.
+
+    ``cloud``: the cloud mask for the distance test, or None when the FAR bit of ``bits``
+    has been set already by :func:`mark_far` (it is cleared on return). Memory: the two
+    int16 flood images (the first becomes ``dark``) and the floods' small queues."""
+    if cloud is not None:
+        mark_far(bits, cloud, maxdist)
     stats = {}
-    tmps = []
     bcks = []
-    md = np.float64(maxdist)
+    lnd = int(P.OFF | P.PCP | P.SNOW | P.WATER)    # lnd: clear land (FAR plays no part)
     for name, band in (("nir", nir), ("swir1", swir1)):
-        bck = int(math.trunc(quantile_int16(band, lnd, 0.175)))
+        bck = int(math.trunc(quantile_int16_bits(band, bits, lnd, 0.175)))
         stats[f"background_{name}"] = bck
         bcks.append(np.int16(bck))
-        tmp = np.empty(bits.shape, np.int16)
-        _prepare_fill(band, bits, dist, md, np.int16(bck), tmp)
-        tmps.append(tmp)
-    # the two floods are sequential each; run them side by side (numba releases the GIL);
-    # in place: the flood's input is recomputed from band, bits and dist afterwards
-    filled = fill_depressions_many(tmps, threads=numba.get_num_threads(), inplace=True)
-    del tmps
-    spr = np.full(bits.shape, 32767, np.int16)
-    rel = np.full(bits.shape, 10000, np.int16)
-    for f, band, bck in zip(filled, (nir, swir1), bcks):
-        _depth_min(f, band, bits, dist, md, bck, spr, rel)
-    del filled, dist
-    return spr, rel, stats
+    nt = numba.get_num_threads() if threads is None else threads
+    dark = np.empty(bits.shape, np.uint16)
+    if PARALLEL_FLOODS and nt >= 2:
+        # the two floods side by side (numba releases the GIL), each writing its own
+        # packed result directly (the flood's input is computed on the fly), then merged
+        dark2 = np.empty(bits.shape, np.uint16)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(_flood_dark, nir, bits, bcks[0], dark, True),
+                    pool.submit(_flood_dark, swir1, bits, bcks[1], dark2, True)]
+            for j in jobs:
+                j.result()
+        _merge_dark(dark, dark2)
+        del dark2
+    else:
+        # one flood after the other, the second merging into ``dark`` directly
+        _flood_dark(nir, bits, bcks[0], dark, True)
+        _flood_dark(swir1, bits, bcks[1], dark, False)
+    _clear_bit(bits, FAR)
+    return dark, stats
 
 
 # ----------------------------------------------------------------------------- matching
@@ -154,8 +324,28 @@ def _flat_water(y, x, bits, slope0, has_slope):
     return flat and (bits[y, x] & 4) != 0
 
 
+@njit(cache=True, inline="always")
+def _is_inner(cloud, r, c):
+    """The integer distance from (r, c) to the nearest non-cloud pixel of the image is
+    ≥ CORE_DEPTH, i.e. no in-image non-cloud pixel at a squared distance < CORE_DEPTH²
+    (the same test as ``distance_transform(~cloud) >= CORE_DEPTH``, without the image)."""
+    ny, nx = cloud.shape
+    d = CORE_DEPTH - 1
+    for di in range(-d, d + 1):
+        ii = r + di
+        if ii < 0 or ii >= ny:
+            continue
+        for dj in range(-d, d + 1):
+            jj = c + dj
+            if jj < 0 or jj >= nx or di * di + dj * dj >= CORE_DEPTH * CORE_DEPTH:
+                continue
+            if not cloud[ii, jj]:
+                return False
+    return True
+
+
 @njit(cache=True)
-def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, inner):
+def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, cloud):
     """(basetemp, base_min, base_max) of one object (spec 01 §6.6 step 4); fills tk with its
     temperatures clamped at basetemp (K×100). basetemp: the CORE_QUANTILE of the
     temperatures of the object's inner pixels (≥ CORE_DEPTH px from the cloud edge, not
@@ -168,7 +358,7 @@ def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, inner):
     vals = np.empty(n, np.float64)
     nin = 0
     for m in range(n):
-        if inner[pr[m], pc[m]] >= CORE_DEPTH:
+        if _is_inner(cloud, pr[m], pc[m]):
             vals[nin] = temp[pr[m], pc[m]]
             nin += 1
     if nin >= 3:
@@ -197,16 +387,17 @@ def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, inner):
 
 @njit(cache=True, parallel=True)
 def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, base_step,
-                   crow, ccol, fx, fy, spr, rel, thr, cloud, labels, bits, slope0, has_slope,
-                   inner, max_samples, min_match, rel_min, shadow, best_base, best_match, best_rel):
+                   crow, ccol, fx, fy, dark, thr, cloud, bits, slope0, has_slope,
+                   max_samples, min_match, shadow, best_base, best_match, best_rel):
     """Per object (in parallel; each writes only its own result slots and only sets shadow
     pixels): the cloud base height whose projected sample pixels cover the largest capped
     depth sum among the heights with a match ≥ ``min_match``; then every pixel of the
     object is projected at that height and drawn where the fill depth is > ``thr`` and the
     relative darkening ≥ REL_PIXEL (flat water: only if ≥ WATER_LAND of the visible land
-    sample positions pass) — if the median relative darkening of the visible projection is
-    ≥ ``rel_min``."""
-    ny, nx = spr.shape
+    sample positions pass). A projected position on the object itself is on a cloud and
+    thus hidden. ``dark``: packed depth and DARK_BIT of :func:`shadow_probability`.
+    best_rel: the share (×10000) of the visible projected samples with DARK_BIT."""
+    ny, nx = dark.shape
     for o in prange(objs.shape[0]):
         k = objs[o]
         a, b = start[k], start[k + 1]
@@ -219,7 +410,7 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
             pc[m] = p - pr[m] * nx_img
         tk = np.zeros(n, np.float64)
         basetemp, bmin, bmax = _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk,
-                                             inner)
+                                             cloud)
         stride = (n + max_samples - 1) // max_samples
         best_sum = 0
         bbase = -1.0
@@ -234,12 +425,12 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
                     if has_temp:
                         h = (basetemp - tk[m]) / LAPSE_WET + base
                     y, x = _project(pr[m], pc[m], h, crow, ccol, fx, fy)
-                    if y < 0 or y >= ny or x < 0 or x >= nx or labels[y, x] == k:
+                    if y < 0 or y >= ny or x < 0 or x >= nx:
                         continue
                     if _hidden(y, x, cloud, bits, slope0, has_slope):
                         continue
                     vis += 1
-                    s = np.int64(spr[y, x])
+                    s = np.int64(dark[y, x] & DEPTH_MASK)
                     if s > thr:
                         ssum += min(s, DEPTH_CAP)
                 if vis > 0:
@@ -251,35 +442,39 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
                 base += base_step
         brel = 0
         if bbase >= 0:
-            # median relative darkening of the visible projection at the chosen height
-            vals = np.empty((n + stride - 1) // stride, np.int64)
+            # visible projection at the chosen height: how many samples are darkened by
+            # at least REL_PIXEL (DARK_BIT)
             nv = 0
+            ndark = 0
             for m in range(0, n, stride):
                 h = bbase
                 if has_temp:
                     h = (basetemp - tk[m]) / LAPSE_WET + bbase
                 y, x = _project(pr[m], pc[m], h, crow, ccol, fx, fy)
-                if y < 0 or y >= ny or x < 0 or x >= nx or labels[y, x] == k:
+                if y < 0 or y >= ny or x < 0 or x >= nx:
                     continue
                 if _hidden(y, x, cloud, bits, slope0, has_slope):
                     continue
-                vals[nv] = rel[y, x]
                 nv += 1
+                if dark[y, x] & DARK_BIT:
+                    ndark += 1
             water_ok = True
             if nv > 0:
-                v = np.sort(vals[:nv])
-                brel = v[nv // 2]
+                brel = (ndark * 10000) // nv
                 # flat water is dark in NIR and SWIR1 with or without a shadow: it is drawn
                 # only when the projection's visible land pixels show a shadow (at least
-                # WATER_LAND of them darkened by REL_PIXEL; thin clouds darken by less)
-                water_ok = v[min(nv - 1, int((1.0 - WATER_LAND) * nv))] >= REL_PIXEL
-            if brel >= rel_min:
-                for m in range(n):
-                    h = bbase
-                    if has_temp:
-                        h = (basetemp - tk[m]) / LAPSE_WET + bbase
-                    y, x = _project(pr[m], pc[m], h, crow, ccol, fx, fy)
-                    if (0 <= y < ny and 0 <= x < nx and spr[y, x] > thr and rel[y, x] >= REL_PIXEL
+                # WATER_LAND of them darkened by REL_PIXEL; thin clouds darken by less):
+                # the sorted sample's value at int((1 − WATER_LAND)·nv) is ≥ REL_PIXEL, i.e.
+                # at most that many samples are below it
+                water_ok = nv - ndark <= min(nv - 1, int((1.0 - WATER_LAND) * nv))
+            for m in range(n):
+                h = bbase
+                if has_temp:
+                    h = (basetemp - tk[m]) / LAPSE_WET + bbase
+                y, x = _project(pr[m], pc[m], h, crow, ccol, fx, fy)
+                if 0 <= y < ny and 0 <= x < nx:
+                    dv = np.int64(dark[y, x])
+                    if ((dv & DEPTH_MASK) > thr and (dv & DARK_BIT) != 0
                             and (water_ok or not _flat_water(y, x, bits, slope0, has_slope))):
                         shadow[y, x] = True
         best_base[k] = bbase
@@ -312,31 +507,38 @@ def _object_pixels(labels, n):
     return pix, start
 
 
-def shadow_matching(cloud: np.ndarray, labels: np.ndarray, nobj: int, spr: np.ndarray,
-                    rel: np.ndarray, bits: np.ndarray, *, res: float, crow: np.ndarray,
+def object_pixels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pix, start): flat indices (int32) of the pixels of the objects 1..n of ``labels``
+    grouped by object, each in raster order; object k is pix[start[k]:start[k + 1]]. The
+    label image can be dropped afterwards."""
+    return _object_pixels(np.ascontiguousarray(labels), int(n))
+
+
+def shadow_matching(cloud: np.ndarray, pix: np.ndarray, start: np.ndarray, nobj: int,
+                    dark: np.ndarray, bits: np.ndarray, *, res: float, crow: np.ndarray,
                     ccol: np.ndarray, fx: np.ndarray, fy: np.ndarray, base_step: float,
                     shadow_threshold: float, temp: np.ndarray | None = None,
                     lowtemp: float = 0.0, hightemp: float = 0.0,
                     slope_zero: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Shadow mask (bool) from matching each cloud object's projected shadow with the fill
-    depth ``spr`` over a range of cloud heights (spec 01 §6.6, with the departures listed
-    in the module docstring).
+    depth of ``dark`` over a range of cloud heights (spec 01 §6.6, with the departures
+    listed in the module docstring).
 
-    ``labels``/``nobj``: 8-connected cloud objects of ≥ 3 pixels (1..nobj). ``rel``: relative
-    darkening ×10000 (see :func:`shadow_probability`). ``crow``/``ccol``: coarse-cell row per
-    image row and column per image column; ``fx``/``fy``: per coarse cell, the column/row
-    shift (pixels) per metre of cloud height (parallax toward the sensor minus shadow cast
-    away from the sun). ``base_step``: height step (m). ``temp``: BT (K×100) for the thermal
-    height model (Landsat), or None. ``slope_zero``: bool, slope code == 0 (None: flat
-    everywhere). stats["per_object"]: arrays (index = label) of the chosen base height (m,
-    −1 none), its match and the median relative darkening."""
+    ``pix``/``start``/``nobj``: the pixels of the 8-connected cloud objects of ≥ 3 pixels
+    (1..nobj) from :func:`object_pixels` (every object pixel is a ``cloud`` pixel).
+    ``dark``: packed fill depth and DARK_BIT of :func:`shadow_probability`.
+    ``crow``/``ccol``: coarse-cell row per image row and column per image column;
+    ``fx``/``fy``: per coarse cell, the column/row shift (pixels) per metre of cloud height
+    (parallax toward the sensor minus shadow cast away from the sun). ``base_step``: height
+    step (m). ``temp``: BT (K×100) for the thermal height model (Landsat), or None.
+    ``slope_zero``: bool, slope code == 0 (None: flat everywhere). stats["per_object"]:
+    arrays (index = label) of the chosen base height (m, −1 none), its match, the share
+    (×10000) of the visible projected samples darkened by ≥ REL_PIXEL and the size."""
     ny, nx = cloud.shape
     shadow = np.zeros((ny, nx), np.bool_)
     stats: dict = {"objects": nobj, "heights": {}, "matched": 0}
     if nobj == 0:
         return shadow, stats
-    pix, start = _object_pixels(labels, nobj)
-    inner = distance_transform(~cloud) if temp is not None else np.zeros((1, 1), np.uint16)
     sizes = np.diff(start)              # sizes[k] = pixels of object k (k = 1..nobj)
     has_temp = temp is not None
     t = temp if has_temp else np.zeros((1, 1), np.int16)
@@ -351,13 +553,12 @@ def shadow_matching(cloud: np.ndarray, labels: np.ndarray, nobj: int, spr: np.nd
     # largest first, so that the big ones do not end up on one thread at the end
     order = ids[np.argsort(-sizes[ids], kind="stable")].astype(np.int64)
     _match_objects(order, start, pix, nx, t, has_temp, float(lowtemp), float(hightemp),
-                   float(base_step), crow, ccol, fx, fy, spr, rel, thr, cloud, labels, bits,
-                   s0, has_slope, inner, MAX_SAMPLES, MIN_DRAW, REL_MIN, shadow, best_base,
+                   float(base_step), crow, ccol, fx, fy, dark, thr, cloud, bits,
+                   s0, has_slope, MAX_SAMPLES, MIN_DRAW, shadow, best_base,
                    best_match, best_rel)
     found = best_base[1:] >= 0
-    drawn = found & (best_rel[1:] >= REL_MIN)
     stats["matched"] = int(found.sum())
-    stats["drawn"] = int(drawn.sum())
+    stats["drawn"] = int(found.sum())
     stats["heights"] = {"objects_with_match": int(found.sum()),
                         "median_m": float(np.median(best_base[1:][found])) if found.any() else None,
                         "min_m": float(best_base[1:][found].min()) if found.any() else None,

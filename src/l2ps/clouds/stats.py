@@ -51,6 +51,42 @@ def quantile_int16(values: np.ndarray, mask: np.ndarray, p: float) -> float:
 
 
 @njit(cache=True)
+def _hist_int16_bits(values, bits, none_of, hist):
+    ny, nx = values.shape
+    n = 0
+    for i in range(ny):
+        for j in range(nx):
+            if (bits[i, j] & none_of) == 0:
+                hist[np.int64(values[i, j]) + 32768] += 1
+                n += 1
+    return n
+
+
+def quantile_from_hist(hist: np.ndarray, n: int, p: float) -> float:
+    """The quantile ``p`` of a sample of ``n`` int16 values given as a 65536-bin histogram
+    (bin = value + 32768), as :func:`quantile_int16`."""
+    if n == 0:
+        return 0.0
+    k, frac = _position(p, n)
+    lo = _kth_from_hist(hist, k)
+    hi = _kth_from_hist(hist, min(k + 1, n - 1))
+    return float(lo + frac * (hi - lo))
+
+
+def quantile_int16_bits(values: np.ndarray, bits: np.ndarray, none_of: int, p: float) -> float:
+    """:func:`quantile_int16` with the mask ``(bits & none_of) == 0`` evaluated on the fly
+    (no full-scene bool array)."""
+    hist = np.zeros(65536, np.int64)
+    n = _hist_int16_bits(values, bits, np.uint8(none_of), hist)
+    if n == 0:
+        return 0.0
+    k, frac = _position(p, n)
+    lo = _kth_from_hist(hist, k)
+    hi = _kth_from_hist(hist, min(k + 1, n - 1))
+    return float(lo + frac * (hi - lo))
+
+
+@njit(cache=True)
 def _gather(values, mask, out):
     ny, nx = values.shape
     n = 0
