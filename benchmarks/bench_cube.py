@@ -16,7 +16,8 @@ Cases (each in its own process, so that peak RSS is per case):
                  made once (read, QAI, geometry, TOA, no cloud detection; default
                  outputs: QAI, TOA, OVV) and cached in $BENCH_CACHE (default
                  /tmp/l2ps_bench_cube), then ``write_cube(..., consume=True)`` into
-                 GLANCE7 COG as ``pipeline.py`` calls it. Reported: wall and CPU seconds of
+                 GLANCE7 COG as ``pipeline.py`` calls it; ``scene-gtiff:<name>`` the
+                 same with OUTPUT_FORMAT = GTiff. Reported: wall and CPU seconds of
                  the call, its sub-stage timings, the RSS before and the peak RSS during
                  the call (VmHWM reset before it), the load average;
 * ``warp:LND09-1`` / ``warp:SEN2A-1``  per band, the own warper against GDAL's
@@ -147,14 +148,19 @@ def _vm(key: str) -> float:
     return float("nan")
 
 
-def _scene_case(scene: str, out: Path) -> dict:
+def _scene_case(scene: str, out: Path, output_format: str = "COG") -> dict:
+    import dataclasses
+
     import numba
     numba.set_num_threads(NTHREAD)
     os.environ.setdefault("GDAL_NUM_THREADS", str(NTHREAD))
     from l2ps.cube import write_cube
     params = _scene_params(out)
     prods, meta = _scene_products(scene, params)
-    res: dict = {"scene": scene, "products": [f"{p.name}x{p.nbands}" for p in prods],
+    if output_format != "COG":
+        params = dataclasses.replace(params, output_format=output_format)
+    res: dict = {"scene": scene, "output_format": output_format,
+                 "products": [f"{p.name}x{p.nbands}" for p in prods],
                  "scene_mb": round(sum(b.nbytes for p in prods for b in p.bands) / 2**20, 1),
                  "grid": list(prods[0].grids[0].shape)}
     res["rss_before_mb"] = _vm("VmRSS")
@@ -228,6 +234,8 @@ def case(name: str) -> dict:
     res: dict = {"case": name, "nthread": NTHREAD}
     if name.startswith("scene:"):
         res.update(_scene_case(name.split(":", 1)[1], out))
+    elif name.startswith("scene-gtiff:"):
+        res.update(_scene_case(name.split(":", 1)[1], out, "GTiff"))
     elif name.startswith("warp:"):
         res.update(_warp_case(name.split(":", 1)[1], out))
     elif name == "s2_600":

@@ -14,7 +14,8 @@ from l2ps import qai
 from l2ps.cube import formats
 from l2ps.cube.grid import Datacube, grid_footprint
 from l2ps.cube.warp import (TOLERANCE, Resampling, _exact_source_coords, _KIND,
-                            _resample_window, _warp_band, gdal_warp_band, source_mesh,
+                            _resample_window, _warp_band, gdal_warp_band, resample_bands,
+                            source_mesh,
                             warp_products, warp_products_lazy)
 from l2ps.grid import Grid
 from l2ps.products import Product
@@ -130,6 +131,35 @@ def test_windows_and_threads_do_not_change_pixels(kind):
                          (1, 31, 64, 64)]:
         win = _resample_window(band, mesh, k, -9999, r0, c0, h, w)
         assert np.array_equal(win, whole[r0:r0 + h, c0:c0 + w])
+
+
+@pytest.mark.parametrize("kind", ["nearest", "bilinear", "cubic"])
+@pytest.mark.parametrize("res", [10.0, 25.0])             # 25 m: widened kernels
+def test_multi_band_kernel_equals_single_band_kernel_with_qai_resync(kind, res):
+    src, band = _scene(240)
+    tgt = _target(src, res)
+    mesh = source_mesh(src, tgt)
+    k = _KIND[Resampling[kind]]
+    rng = np.random.default_rng(3)
+    bands = [band]
+    for _ in range(3):
+        b = rng.integers(-3000, 12000, band.shape).astype(np.int16)
+        b[rng.random(b.shape) < 0.05] = -9999
+        bands.append(b)
+    bands[2][:60] = -9999
+    q = (rng.integers(0, 8, tgt.shape).astype(np.uint16) << 1)
+    q[rng.random(tgt.shape) < 0.1] |= 1                       # QAI nodata bit
+    off = qai.is_nodata(q)
+    assert off.any() and (~off).any()
+    for r0, c0, h, w in [(0, 0, tgt.ny, tgt.nx), (13, 29, 40, tgt.nx - 29), (5, 0, 1, 7)]:
+        multi = resample_bands(bands, mesh, k, -9999, r0, c0, h, w, q)
+        plain = resample_bands(bands, mesh, k, -9999, r0, c0, h, w)
+        for i, b in enumerate(bands):
+            single = _resample_window(b, mesh, k, -9999, r0, c0, h, w)
+            assert np.array_equal(plain[i], single)
+            assert h < tgt.ny or np.count_nonzero(single != -9999) > 1000
+            single[off[r0:r0 + h, c0:c0 + w]] = -9999
+            assert np.array_equal(multi[i], single)
 
 
 def _products(src, band):

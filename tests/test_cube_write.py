@@ -380,7 +380,8 @@ def test_enospc_keeps_existing_file_and_leaves_no_temp(tmp_path, monkeypatch):
     def full_disk(path, *a, **k):
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
-    for writer in ("write_raster", "write_tile", "write_window"):   # every file writer
+    for writer in ("write_raster", "write_tile", "write_window",       # every file writer
+                   "write_tile_direct"):
         monkeypatch.setattr(formats, writer, full_disk)
     with pytest.raises(OutputError, match=r"LND08_QAI\.tif.*No space left"):
         write(Image(10, 15, seed=5), tmp_path, "A")
@@ -540,6 +541,49 @@ def test_sparse_tile_nodata_outside_data_window_and_data_inside(tmp_path, fmt):
     np.testing.assert_array_equal(q[1000:1100, 1500:1620], img.qai.astype(np.int16))
     # sparse: far smaller than the 4096² x 6 x 2 bytes = 201 MB the tile holds
     assert f.stat().st_size < 2_000_000
+
+
+def _same_files(a, b):
+    """Every raster below ``a`` equals its twin below ``b``: pixels, georeferencing,
+    names, nodata, metadata of every domain, and (within a few bytes) the file size."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*.tif"))
+    assert files and files == sorted(p.relative_to(b) for p in b.rglob("*.tif"))
+    for rel in files:
+        with rasterio.open(a / rel) as x, rasterio.open(b / rel) as y:
+            assert (x.profile["blockxsize"], x.count, x.shape, x.nodatavals, x.transform,
+                    x.crs, x.descriptions) == (y.profile["blockxsize"], y.count, y.shape,
+                                               y.nodatavals, y.transform, y.crs,
+                                               y.descriptions)
+            for ns in ("FORCE", "L2PS"):
+                assert x.tags(ns=ns) == y.tags(ns=ns)
+                assert [x.tags(i, ns=ns) for i in range(1, x.count + 1)] == \
+                    [y.tags(i, ns=ns) for i in range(1, y.count + 1)]
+            assert x.tags() == y.tags()
+            assert np.array_equal(x.read(), y.read())
+        assert abs((a / rel).stat().st_size - (b / rel).stat().st_size) < 64
+
+
+def test_direct_gtiff_tiles_equal_the_vrt_assembled_ones(tmp_path, monkeypatch):
+    """GTiff tile files written directly (create, same-contributor update; then a merge on
+    top) equal those assembled from window files by GDAL (the COG/ENVI path)."""
+    imgs = [Image(1000, 1500, ny=300, nx=420, seed=4), Image(1180, 1700, ny=200, nx=330,
+                                                               seed=5)]
+
+    def run(out):
+        write_big(imgs[0], out, "A")
+        write_big(imgs[0], out, "A")                          # same contributor: direct
+        (out / "first").mkdir()
+        for f in (out / "X0000_Y0000").glob("*.tif"):
+            (out / "first" / f.name).write_bytes(f.read_bytes())
+        write_big(imgs[1], out, "B")                          # merge path (unchanged)
+
+    direct, vrt = tmp_path / "direct", tmp_path / "vrt"
+    run(direct)
+    monkeypatch.setattr(formats, "can_write_direct", lambda fmt: False)
+    run(vrt)
+    _same_files(direct, vrt)
+    full = read_full(direct / "first" / "20200101_LEVEL2_LND08_BOA.tif")
+    np.testing.assert_array_equal(full[:, 1000:1300, 1500:1920], np.stack(imgs[0].boa))
 
 
 def test_contrib_chips_are_window_sized(tmp_path):

@@ -663,6 +663,95 @@ def write_tile(path: str | os.PathLike, grid: Grid, nbands: int, fmt: OutputForm
                 pass
 
 
+def can_write_direct(fmt: OutputFormat) -> bool:
+    """True if tile files of ``fmt`` can be written directly (:func:`write_tile_direct`)
+    instead of assembled from window files (:func:`write_tile`): OUTPUT_FORMAT = GTiff
+    (band-interleaved, so that block-wise writes of all bands cannot lose nodata)."""
+    return (fmt.name == "GTiff" and fmt.driver == "GTiff" and
+            str(fmt.options.get("INTERLEAVE", "")).upper() == "BAND")
+
+
+def write_tile_direct(path: str | os.PathLike, grid: Grid, nbands: int, fmt: OutputFormat,
+                      spec: RasterSpec, product: str, rows, window: Window, aligned: Window,
+                      *, num_threads: int = 1, clock=None) -> None:
+    """Write a tile file of ``grid``'s full size whose only data are ``window`` (tile
+    pixels), directly with GDAL's ``Create`` (not atomic: the caller writes to a temporary
+    name and renames); the same file as :func:`write_tile` of a window file covering
+    ``aligned`` (pixels, metadata, creation options), without the window file.
+
+    ``rows(r0, r1, out, orow, ocol)`` writes rows ``r0``..``r1`` (relative to ``window``)
+    of every band ``k`` (``window.width`` columns) to ``out[k, orow.., ocol..]`` (int16).
+    The file is written in strips of :data:`BLOCK` rows of ``aligned`` (which is
+    block-aligned), all bands of a strip at once, so every block is complete when
+    written; blocks outside ``aligned`` and nodata-only blocks are not stored
+    (``SPARSE_OK``); GDAL compresses with ``NUM_THREADS`` threads. The next strip is
+    computed by ``rows`` in a second thread while GDAL writes the current one (``rows``
+    must release the GIL to gain from it; the numba thread count of the caller is kept).
+    ``clock``: optional timer; the time spent waiting for ``rows`` is section "warp".
+    Only for :func:`can_write_direct` formats."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
+    from rasterio.windows import Window as RioWindow
+    opts = fmt.options_for(product)
+    opts.setdefault("SPARSE_OK", "TRUE")
+    opts.setdefault("NUM_THREADS", str(max(int(num_threads), 1)))
+    profile: dict[str, Any] = dict(driver=fmt.driver, count=nbands, width=grid.nx,
+                                   height=grid.ny, dtype="int16", crs=grid.crs,
+                                   transform=grid.transform)
+    if spec.nodata is not None:
+        profile["nodata"] = spec.nodata
+    profile.update(opts)
+    fill = spec.nodata if spec.nodata is not None else 0
+    c0, c1 = window.col - aligned.col, window.col1 - aligned.col
+    # empty items are not in the file write_tile makes from its VRT (they read as absent)
+    spec = RasterSpec(spec.band_names, spec.nodata,
+                      {d: {k: v for k, v in md.items() if v != ""}
+                       for d, md in spec.dataset_md.items()},
+                      [{d: {k: v for k, v in md.items() if v != ""} for d, md in bm.items()}
+                       for bm in spec.band_md])
+    timer = clock or (lambda name: contextlib.nullcontext())
+    strips = [(s, min(s + BLOCK, aligned.row1))
+              for s in range(aligned.row, aligned.row1, BLOCK)]
+    buffers = [np.empty((nbands, BLOCK, aligned.width), dtype=np.int16) for _ in range(2)]
+    nthreads = numba.get_num_threads()
+
+    def compute(k: int) -> np.ndarray:
+        """Strip ``k`` in buffer k % 2: nodata outside ``window``, the bands inside."""
+        s, e = strips[k]
+        buf = buffers[k % 2][:, :e - s]
+        r0, r1 = max(s, window.row), min(e, window.row1)
+        if r1 <= r0:
+            buf[...] = fill
+            return buf
+        buf[:, :r0 - s] = fill
+        buf[:, r1 - s:] = fill
+        buf[:, r0 - s:r1 - s, :c0] = fill
+        buf[:, r0 - s:r1 - s, c1:] = fill
+        numba.set_num_threads(nthreads)
+        rows(r0 - window.row, r1 - window.row, buffers[k % 2], r0 - s, c0)
+        return buf
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO"), \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        with rasterio.open(str(path), "w", **profile) as ds:
+            _fill(ds, None, spec, nbands)
+            nxt = pool.submit(compute, 0) if strips else None
+            for k, (s, e) in enumerate(strips):
+                with timer("warp"):
+                    buf = nxt.result()
+                # buffer (k + 1) % 2 was written in the previous iteration: free to fill
+                nxt = pool.submit(compute, k + 1) if k + 1 < len(strips) else None
+                try:
+                    ds.write(buf, window=RioWindow(aligned.col, s, aligned.width, e - s))
+                except BaseException:
+                    if nxt is not None:
+                        nxt.cancel()
+                        with contextlib.suppress(BaseException):
+                            nxt.result()
+                    raise
+
+
 def window_profile(shape: tuple[int, int], grid: Grid | None, nodata: float | None,
                    count: int, options: dict[str, str] | None = None) -> dict[str, Any]:
     """rasterio profile of a tiled, sparse Int16 GeoTIFF (window files, chips)."""

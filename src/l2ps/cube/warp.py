@@ -27,6 +27,11 @@ After warping (deviation from FORCE, spec 03 P4): QAI nodata pixels become exact
 every other product is set to nodata where the warped QAI is nodata, and QAI is set to
 nodata where all BOA/TOA bands are nodata, so that products and QAI agree pixel by pixel
 at the scene edges (FORCE does not re-synchronise after warping).
+
+Lazy warping (:func:`warp_products_lazy`) resamples windows of all bands of a product
+that share a source grid in one pass (:func:`_resample_multi`: source positions and
+weights once per target pixel, the QAI resync inside the kernel), bit-identical to
+:func:`_resample` band by band.
 """
 from __future__ import annotations
 
@@ -354,6 +359,259 @@ def _resample(src, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi, sx, s
                 j = jend
 
 
+#: target pixels of one row whose source positions and weights are computed together
+#: before they are applied to every band (:func:`_resample_multi`)
+_CHUNK = 256
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi, sx, sy,
+                    qai, qr, qc, use_qai, ny, nx, out, bidx, orow, ocol):  # pragma: no cover
+    """:func:`_resample` for several bands on the same source grid at once (``srcs``: a
+    typed list of equally shaped 2-D arrays; ``out``: (bands, rows, cols)), band by band
+    bit-identical to it (target rows r0.., cols c0.., ``ny`` x ``nx`` pixels; band ``k``
+    goes to ``out[bidx[k], orow:orow + ny, ocol:ocol + nx]``): the source position, the pixel offsets and the weights of a
+    target pixel are computed once (in chunks of :data:`_CHUNK` pixels of a row) and
+    applied to every band. ``use_qai``: every band is nodata where ``qai`` (the warped
+    QAI; pixel (i, j) of ``out`` is its pixel (i + qr, j + qc)) has its nodata bit set
+    (resync, spec 03 P4)."""
+    nb = len(srcs)
+    sny, snx = srcs[0].shape
+    inv = 1.0 / step
+    nrb = (ny + 31) // 32
+    wide = kind != 0 and (sx < 0.95 or sy < 0.95)
+    rad = 1.0 if kind == 1 else 2.0
+    rx = int(np.ceil(rad / sx)) if wide else 2
+    ry = int(np.ceil(rad / sy)) if wide else 2
+    nwx = max(2 * rx, 4)
+    nwy = max(2 * ry, 4)
+    for rb in prange(nrb):
+        ok = np.empty(_CHUNK, dtype=np.bool_)
+        cu = np.empty(_CHUNK, dtype=np.int64)
+        cv = np.empty(_CHUNK, dtype=np.int64)
+        ixs = np.empty(_CHUNK, dtype=np.int64)
+        iys = np.empty(_CHUNK, dtype=np.int64)
+        inner = np.empty(_CHUNK, dtype=np.bool_)
+        cw = np.empty((_CHUNK, 8))                 # cubic weights w0..w3 (x), wy0..wy3
+        wxs = np.empty((_CHUNK, nwx))              # bilinear (2) or widened weights
+        wys = np.empty((_CHUNK, nwy))
+        for i in range(rb * 32, min(ny, rb * 32 + 32)):
+            gi = i + r0
+            a = gi // step
+            fa = (gi - a * step) * inv
+            for j0 in range(0, nx, _CHUNK):
+                j1 = min(nx, j0 + _CHUNK)
+                # ---- positions and weights of the chunk (shared by all bands)
+                j = j0
+                while j < j1:
+                    gj = j + c0
+                    b = gj // step
+                    uL = (1.0 - fa) * mu[a, b] + fa * mu[a + 1, b]
+                    uR = (1.0 - fa) * mu[a, b + 1] + fa * mu[a + 1, b + 1]
+                    vL = (1.0 - fa) * mv[a, b] + fa * mv[a + 1, b]
+                    vR = (1.0 - fa) * mv[a, b + 1] + fa * mv[a + 1, b + 1]
+                    du = (uR - uL) * inv
+                    dv = (vR - vL) * inv
+                    jend = min(j1, (b + 1) * step - c0)
+                    for jj in range(j, jend):
+                        t = jj - j0
+                        k = jj + c0 - b * step
+                        u = uL + k * du
+                        v = vL + k * dv
+                        ok[t] = False
+                        if use_qai and (qai[i + qr, jj + qc] & 1) != 0:
+                            continue
+                        if not (u >= 0.0 and u < snx and v >= 0.0 and v < sny):
+                            continue
+                        ok[t] = True
+                        cu[t] = int(u)
+                        cv[t] = int(v)
+                        if kind == 0:
+                            continue
+                        x = u - 0.5
+                        y = v - 0.5
+                        ix = int(np.floor(x))
+                        iy = int(np.floor(y))
+                        fx = x - ix
+                        fy = y - iy
+                        ixs[t] = ix
+                        iys[t] = iy
+                        if wide:
+                            for q in range(2 * rx):
+                                d = (q - rx + 1 - fx) * sx
+                                wxs[t, q] = max(1.0 - abs(d), 0.0) if kind == 1 else _cubic_w(d)
+                            for q in range(2 * ry):
+                                d = (q - ry + 1 - fy) * sy
+                                wys[t, q] = max(1.0 - abs(d), 0.0) if kind == 1 else _cubic_w(d)
+                            continue
+                        inner[t] = (kind == 2 and ix >= 1 and iy >= 1 and ix + 2 < snx and
+                                    iy + 2 < sny)
+                        if inner[t]:
+                            cw[t, 0] = ((-0.5 * fx + 1.0) * fx - 0.5) * fx
+                            cw[t, 1] = (1.5 * fx - 2.5) * fx * fx + 1.0
+                            cw[t, 2] = ((-1.5 * fx + 2.0) * fx + 0.5) * fx
+                            cw[t, 3] = (0.5 * fx - 0.5) * fx * fx
+                            cw[t, 4] = ((-0.5 * fy + 1.0) * fy - 0.5) * fy
+                            cw[t, 5] = (1.5 * fy - 2.5) * fy * fy + 1.0
+                            cw[t, 6] = ((-1.5 * fy + 2.0) * fy + 0.5) * fy
+                            cw[t, 7] = (0.5 * fy - 0.5) * fy * fy
+                        wxs[t, 0] = 1.0 - fx
+                        wxs[t, 1] = fx
+                        wys[t, 0] = 1.0 - fy
+                        wys[t, 1] = fy
+                    j = jend
+                # ---- every band
+                for bi in range(nb):
+                    src = srcs[bi]
+                    o = out[bidx[bi]]
+                    for jj in range(j0, j1):
+                        t = jj - j0
+                        o[i + orow, jj + ocol] = nodata
+                        if not ok[t]:
+                            continue
+                        c = src[cv[t], cu[t]]
+                        if has_nodata and c == nodata:
+                            continue
+                        if kind == 0:
+                            o[i + orow, jj + ocol] = c
+                            continue
+                        ix = ixs[t]
+                        iy = iys[t]
+                        if wide:
+                            acc, wsum = _weighted(src, ix - rx + 1, iy - ry + 1, wxs[t],
+                                                  wys[t], 2 * rx, 2 * ry, nodata, has_nodata)
+                            if abs(wsum) >= 1e-5:
+                                o[i + orow, jj + ocol] = _finish(acc / wsum, nodata, has_nodata, lo, hi)
+                            continue
+                        if inner[t]:
+                            w0 = cw[t, 0]
+                            w1 = cw[t, 1]
+                            w2 = cw[t, 2]
+                            w3 = cw[t, 3]
+                            acc = 0.0
+                            good = True
+                            for p in range(4):
+                                yy = iy - 1 + p
+                                s0 = src[yy, ix - 1]
+                                s1 = src[yy, ix]
+                                s2 = src[yy, ix + 1]
+                                s3 = src[yy, ix + 2]
+                                if has_nodata and (s0 == nodata or s1 == nodata or
+                                                   s2 == nodata or s3 == nodata):
+                                    good = False
+                                    break
+                                acc += cw[t, 4 + p] * (w0 * s0 + w1 * s1 + w2 * s2 + w3 * s3)
+                            if good:
+                                o[i + orow, jj + ocol] = _finish(acc, nodata, has_nodata, lo, hi)
+                                continue
+                        # bilinear: _weighted over the 2x2 neighbourhood, inlined
+                        acc = 0.0
+                        wsum = 0.0
+                        for p in range(2):
+                            yy = iy + p
+                            wyp = wys[t, p]
+                            if yy < 0 or yy >= sny or wyp == 0.0:
+                                continue
+                            for q in range(2):
+                                xx = ix + q
+                                w = wxs[t, q] * wyp
+                                if xx < 0 or xx >= snx or w == 0.0:
+                                    continue
+                                sv = src[yy, xx]
+                                if has_nodata and sv == nodata:
+                                    continue
+                                acc += w * sv
+                                wsum += w
+                        if abs(wsum) < 1e-5:
+                            continue
+                        if wsum != 1.0:
+                            acc = acc / wsum
+                        o[i + orow, jj + ocol] = _finish(acc, nodata, has_nodata, lo, hi)
+
+
+def resample_bands(sources: list[np.ndarray], mesh, kind: int, nodata, row: int, col: int,
+                   height: int, width: int, qai: np.ndarray | None = None, *,
+                   out: np.ndarray | None = None, bands=None, orow: int = 0,
+                   ocol: int = 0) -> np.ndarray:
+    """Rows ``row``.. and columns ``col``.. (``height`` x ``width``) of the target of
+    every band of ``sources`` (same shape and dtype, one source grid; ``mesh`` = (u, v,
+    step, ...) of the whole target) as a (bands, height, width) array; each band equals
+    :func:`_resample_window` of it. ``qai``: the warped QAI (whole target, or None); the
+    bands are nodata where it is nodata (resync, spec 03 P4). With ``out`` (a C-contiguous
+    3-D array of the sources' dtype), band ``k`` is written to ``out[bands[k], orow:orow +
+    height, ocol:ocol + width]`` instead, and ``out`` is returned."""
+    from numba.typed import List
+    dtype = sources[0].dtype
+    if out is None:
+        out = np.empty((len(sources), height, width), dtype=dtype)
+        bands, orow, ocol = range(len(sources)), 0, 0
+    if height == 0 or width == 0 or not sources:
+        return out
+    u, v, step = mesh[:3]
+    has = nodata is not None
+    nd = float(nodata) if has else 0.0
+    info = np.iinfo(dtype)
+    sx, sy = _mesh_scales(mesh)
+    srcs = List()
+    for s in sources:
+        srcs.append(np.ascontiguousarray(s))
+    use_qai = qai is not None
+    q = np.ascontiguousarray(qai) if use_qai else np.zeros((1, 1), dtype=np.uint16)
+    _resample_multi(srcs, u, v, int(step), int(row), int(col), kind, nd, has,
+                    float(info.min), float(info.max), sx, sy, q, int(row), int(col),
+                    use_qai, int(height), int(width), out, np.asarray(bands, dtype=np.int64),
+                    int(orow), int(ocol))
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _any_valid(bands, nodata, out):  # pragma: no cover
+    """out = 1 where any of ``bands`` (typed list, equal shapes) is not ``nodata``."""
+    ny, nx = out.shape
+    nb = len(bands)
+    for i in prange(ny):
+        for j in range(nx):
+            v = 0
+            for k in range(nb):
+                if bands[k][i, j] != nodata:
+                    v = 1
+                    break
+            out[i, j] = v
+
+
+def any_valid(bands: list[np.ndarray], nodata) -> np.ndarray:
+    """uint8 mask: 1 where any of ``bands`` (same shape) is not ``nodata``."""
+    from numba.typed import List
+    out = np.zeros(bands[0].shape, dtype=np.uint8)
+    groups: dict[str, list[np.ndarray]] = {}
+    for b in bands:
+        groups.setdefault(b.dtype.str, []).append(np.ascontiguousarray(b))
+    for same in groups.values():
+        lst = List()
+        for b in same:
+            lst.append(b)
+        part = np.empty_like(out)
+        _any_valid(lst, float(nodata), part)
+        out |= part
+    return out
+
+
+#: (mesh, scales) of recently used meshes (:func:`_mesh_scales`)
+_SCALES: list[tuple[tuple, tuple[float, float]]] = []
+
+
+def _mesh_scales(mesh) -> tuple[float, float]:
+    """:func:`_scales` of ``mesh`` = (u, v, step, ...), remembered for the last few
+    meshes (the same mesh is resampled strip by strip)."""
+    for m, sc in _SCALES:
+        if m is mesh:
+            return sc
+    sc = _scales(mesh[0], mesh[1], int(mesh[2]))
+    _SCALES.insert(0, (mesh, sc))
+    del _SCALES[8:]
+    return sc
+
+
 def _scales(u: np.ndarray, v: np.ndarray, step: int) -> tuple[float, float]:
     """GDAL's resampling scales (target pixels per source pixel, at most 1) along x and
     y, from the mesh: the median length, in source pixels, of one target pixel step."""
@@ -505,17 +763,80 @@ class WarpedBand:
         return np.asarray(self[:, :], dtype=dtype)
 
     def compute(self, row: int, col: int, height: int, width: int) -> np.ndarray:
-        with (self.clock("warp") if self.clock else contextlib.nullcontext()):
-            if self.offset is not None:
-                out = np.full((height, width), self.nodata, dtype=self.dtype)
-                paste(self.source, self.offset[0] - row, self.offset[1] - col, out)
-            else:
-                out = _resample_window(self.source, self.mesh, self.kind, self.nodata,
-                                       row, col, height, width)
-            if self.qai is not None:
-                out[qai_mod.is_nodata(self.qai[row:row + height, col:col + width])] = \
-                    self.nodata
-        return out
+        return compute_group([self], row, col, height, width)[0]
+
+    def group_key(self) -> tuple:
+        """Bands with equal keys are resampled together (:func:`compute_group`)."""
+        return (id(self.mesh) if self.offset is None else ("offset", self.offset),
+                id(self.qai), self.kind, self.nodata, self.dtype.str, self.source.shape,
+                id(self.clock))
+
+
+def compute_group(bands: list[WarpedBand], row: int, col: int, height: int, width: int,
+                  *, out: np.ndarray | None = None, index=None, orow: int = 0,
+                  ocol: int = 0, timed: bool = True) -> list[np.ndarray] | None:
+    """The window (``row``, ``col``, ``height``, ``width``) of every band of ``bands``
+    (equal :meth:`WarpedBand.group_key`), resampled in one pass (:func:`resample_bands`)
+    or pasted (integer offsets), then set to nodata where the warped QAI is nodata.
+    Returns the windows, or, with ``out`` (3-D, C-contiguous, the bands' dtype), writes
+    band ``k`` to ``out[index[k], orow:orow + height, ocol:ocol + width]`` and returns
+    None. ``timed``: use the bands' clock (section "warp"; not from other threads)."""
+    b0 = bands[0]
+    with (b0.clock("warp") if b0.clock and timed else contextlib.nullcontext()):
+        if out is None:
+            outs = np.empty((len(bands), height, width), dtype=b0.dtype)
+            compute_group(bands, row, col, height, width, out=outs,
+                          index=range(len(bands)), timed=False)
+            return list(outs)
+        qw = None if b0.qai is None else b0.qai[row:row + height, col:col + width]
+        if b0.offset is not None:
+            for k, b in zip(index, bands):
+                o = out[k, orow:orow + height, ocol:ocol + width]
+                o[...] = b.nodata
+                paste(b.source, b.offset[0] - row, b.offset[1] - col, o)
+                if qw is not None:
+                    o[qai_mod.is_nodata(qw)] = b.nodata
+            return None
+        resample_bands([b.source for b in bands], b0.mesh, b0.kind, b0.nodata, row, col,
+                       height, width, b0.qai, out=out, bands=list(index), orow=orow,
+                       ocol=ocol)
+        return None
+
+
+def compute_windows(windows: list, row0: int, row1: int, out: np.ndarray | None = None,
+                    orow: int = 0, ocol: int = 0, timed: bool = True
+                    ) -> list[np.ndarray] | None:
+    """Rows ``row0``..``row1`` (relative to the windows) of every item of ``windows``
+    (each a :class:`WarpedWindow` or an array; all of the same width), as arrays. Lazily
+    warped bands that share a source grid are resampled together in one pass
+    (:func:`compute_group`); the pixels equal those of ``np.asarray(window)``. With
+    ``out`` (int16, (len(windows), rows, cols)): item ``k`` is written to ``out[k, orow..,
+    ocol..]`` (uint16 as its int16 view) and None is returned. ``timed``: see
+    :func:`compute_group`."""
+    res: list[np.ndarray | None] = [None] * len(windows)
+    groups: dict[tuple, list[int]] = {}
+    for k, w in enumerate(windows):
+        if isinstance(w, WarpedWindow) and (out is None or w.dtype == out.dtype):
+            groups.setdefault((w.band.group_key(), w.row, w.col, w.shape[1]), []).append(k)
+        else:
+            res[k] = np.asarray(w[row0:row1])
+    for (_, r, c, width), idx in groups.items():
+        h = max(min(row1, windows[idx[0]].shape[0]) - row0, 0)
+        bands = [windows[k].band for k in idx]
+        if out is None:
+            for k, a in zip(idx, compute_group(bands, r + row0, c, h, width, timed=timed)):
+                res[k] = a
+        else:
+            compute_group(bands, r + row0, c, h, width, out=out, index=idx, orow=orow,
+                          ocol=ocol, timed=timed)
+    if out is None:
+        return res  # type: ignore[return-value]
+    for k, a in enumerate(res):
+        if a is not None:
+            if a.dtype == np.uint16 and out.dtype == np.int16:
+                a = a.view(np.int16)
+            out[k, orow:orow + a.shape[0], ocol:ocol + a.shape[1]] = a
+    return None
 
 
 class WarpedWindow:
@@ -561,9 +882,7 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
             for i, g in enumerate(refl.grids):
                 by_grid.setdefault(g, []).append(i)
             for g, idx in by_grid.items():
-                anyv = np.zeros(refl.bands[idx[0]].shape, dtype=np.uint8)
-                for i in idx:
-                    anyv |= refl.bands[i] != refl.nodata
+                anyv = any_valid([refl.bands[i] for i in idx], refl.nodata)
                 off = integer_offset(g, target)
                 if off is not None:
                     w = np.zeros(target.shape, dtype=np.uint8)

@@ -20,8 +20,10 @@ recomputed from the merged BOA/TOA and QAI. See docs/cube.md.
 
 Cost proportional to the data, not to the tile area: only the image's data window in a
 tile (valid QAI box, aligned to :func:`formats.window_alignment`) is handled; tile files
-are tile-sized but sparse (GDAL assembles them from window files, nodata blocks are not
-stored, COG overviews come from the windows' overviews); chips hold only their window;
+are tile-sized but sparse (nodata blocks are not stored; GTiff tile files of a single
+contributor are written directly, strip by strip, while the next strip is warped; other
+formats and merges are assembled by GDAL from window files, COG overviews come from the
+windows' overviews); chips hold only their window;
 merging recomputes only the window that can change and lets GDAL copy the rest.
 
 Every file is written under its lock (all files of one tile/date/sensor group are locked
@@ -53,7 +55,8 @@ from .grid import (Datacube, as_bool, cube_for_params, grid_footprint, param,
 from .lock import _is_gdal_error
 from .lock import (DEFAULT_LOCK_TIMEOUT, append_line, atomic_write, file_locks, makedirs,
                    remove_quietly)
-from .warp import _numba_threads, warp_products, warp_products_lazy  # noqa: F401
+from .warp import (_numba_threads, compute_windows, warp_products,  # noqa: F401
+                   warp_products_lazy)
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +398,29 @@ class _GroupWriter:
                 t, grid, product.nbands, self.fmt, spec, product.name, layers, tmp,
                 num_threads=self.num_threads))
 
+    def _write_tile_direct(self, path: Path, grid: Grid, product: Product,
+                           spec: formats.RasterSpec, bands: list[np.ndarray],
+                           win: formats.Window, aligned: formats.Window) -> None:
+        """This image's data as the only content of the tile file, written directly
+        (:func:`formats.write_tile_direct`; GTiff): the bands are resampled strip by
+        strip, all bands sharing a source grid in one pass."""
+        with self.clock("write"):
+            atomic_write(path, lambda t: formats.write_tile_direct(
+                t, grid, product.nbands, self.fmt, spec, product.name,
+                lambda r0, r1, out, orow, ocol: compute_windows(
+                    bands, r0, r1, out, orow, ocol, timed=False),
+                win, aligned, num_threads=self.num_threads, clock=self.clock))
+
+    def _single(self, path: Path, product: Product, bands: list[np.ndarray],
+                win: formats.Window, aligned: formats.Window, grid: Grid, tmp: Path) -> None:
+        """Write the tile file with this image as its only contributor."""
+        spec = self._spec(product, self.date_time, self.param_log, [self.ident], aligned)
+        if formats.can_write_direct(self.fmt):
+            self._write_tile_direct(path, grid, product, spec, bands, win, aligned)
+            return
+        layer = self._window_layer(product, bands, win, aligned, grid, tmp)
+        self._write_tile(path, grid, product, spec, [layer], tmp)
+
     def _window_layer(self, product: Product, bands: list[np.ndarray], win: formats.Window,
                       aligned: formats.Window, grid: Grid, tmp: Path) -> formats.Layer:
         """This image's data (``bands``, covering ``win``) as a temporary window file
@@ -507,9 +533,7 @@ class _GroupWriter:
         if not path.exists():
             # chips without their tile file belong to a deleted file: drop them
             remove_quietly(self.contrib.glob(f"*_{product.name}.tif") if self.contrib.exists() else [])
-            layer = self._window_layer(product, bands, win, aligned, grid, tmp)
-            self._write_tile(path, grid, product, self._spec(
-                product, self.date_time, self.param_log, [self.ident], aligned), [layer], tmp)
+            self._single(path, product, bands, win, aligned, grid, tmp)
             return "create", aligned
         try:
             with rasterio.open(str(path)) as ds:
@@ -530,9 +554,7 @@ class _GroupWriter:
         contributors = ([c for c in (l2ps_tags.get(CONTRIB_KEY) or "").split(";") if c]
                         or [UNKNOWN_CONTRIBUTOR])
         if contributors == [self.ident]:
-            layer = self._window_layer(product, bands, win, aligned, grid, tmp)
-            self._write_tile(path, grid, product, self._spec(
-                product, self.date_time, self.param_log, [self.ident], aligned), [layer], tmp)
+            self._single(path, product, bands, win, aligned, grid, tmp)
             return "update", aligned
         others = [c for c in contributors if c != self.ident]
         if len(contributors) == 1:
