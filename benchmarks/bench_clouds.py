@@ -149,8 +149,22 @@ def accuracy(qai, product: Path, prm, res: float) -> dict | None:
             "confusion_clear_cloud_shadow": s["confusion"].tolist(), "n": s["n"]}
 
 
-def run_one(path: Path, threads: int, warmup: bool = True, score: bool = True) -> dict:
-    """prepare_scene, [warm-up], measured detect_clouds, accuracy; one dict."""
+def save_output(save: Path, qai, stats: dict) -> None:
+    """QAI (npy) and the stats without timings, plus the objects (pickle), for identity
+    checks."""
+    import pickle
+    import numpy as np
+    save.parent.mkdir(parents=True, exist_ok=True)
+    np.save(str(save) + ".qai.npy", qai)
+    keep = {k: v for k, v in stats.items() if k not in ("timings", "cpu_timings")}
+    with open(str(save) + ".stats.pkl", "wb") as fh:
+        pickle.dump(keep, fh)
+
+
+def run_one(path: Path, threads: int, warmup: bool = True, score: bool = True,
+            save: Path | None = None) -> dict:
+    """prepare_scene, [warm-up], measured detect_clouds, accuracy; one dict. ``save``: path
+    prefix for the QAI and stats of the measured run (:func:`save_output`)."""
     import numba
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     from l2ps.clouds import detect_clouds
@@ -196,6 +210,9 @@ def run_one(path: Path, threads: int, warmup: bool = True, score: bool = True) -
            "objects": result.stats.get("objects"),
            "shadow_matching": {k: v for k, v in (result.stats.get("shadow_matching") or {}).items()
                                if k not in ("heights", "per_object")}}
+    if save is not None:
+        save_output(save, scene.qai, {**result.stats,
+                                      "cloud_objects": scene.extra.get("cloud_objects")})
     del result
     scene.extra.clear()
     if score:
@@ -217,9 +234,12 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep the runs of other scenes already in results/clouds.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)       # subprocess: one product path
+    ap.add_argument("--save", help="with --one: path prefix for <prefix>.qai.npy and "
+                    "<prefix>.stats.pkl of the measured run (identity checks)")
     a = ap.parse_args()
     if a.one:
-        r = run_one(Path(a.one), a.threads, warmup=not a.no_warmup, score=not a.no_score)
+        r = run_one(Path(a.one), a.threads, warmup=not a.no_warmup, score=not a.no_score,
+                    save=Path(a.save) if a.save else None)
         print("RESULT " + json.dumps(r))
         return
     todo = [(n, product_of(n)) for n in a.scenes] + [(s, generate(s)) for s in a.generate]

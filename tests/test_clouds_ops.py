@@ -276,6 +276,53 @@ def test_finalize_states_and_bits():
     assert Q.get_flag(q2, Q.SHADOW).all() and Q.get_field(q2, Q.CLOUD)[5, 5] == 2
 
 
+@pytest.mark.parametrize("threads,strip", [(1, 7), (2, 7), (2, 5000)])
+def test_finalize_strips_on_threads_equal_full_size_masks(threads, strip):
+    """Strip-wise finalize (strips side by side on a thread pool) on a coarser work grid
+    equals the bits drawn from full-size nearest-neighbour masks buffered as a whole."""
+    import numba
+    rng = np.random.default_rng(11)
+    work = Grid(WKT, 0.0, 0.0, 20.0, 20.0, 31, 29)
+    qg = Grid(WKT, 0.0, 0.0, 10.0, 10.0, 62, 58)
+    gm = GridMap(work, qg)
+    bits = rng.choice(np.array([0, 1, 4, 8, 12], np.uint8), size=work.shape,
+                      p=[0.7, 0.05, 0.1, 0.1, 0.05])
+    cloud = rng.random(work.shape) < 0.04
+    shadow = rng.random(work.shape) < 0.03
+    cirrus = rng.random(work.shape) < 0.03
+    q0 = rng.integers(0, 2, qg.shape).astype(np.uint16) | np.uint16(1 << Q.SHADOW)
+    qai = q0.copy()
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        cnt = finalize(qai, gm, bits, cloud, shadow, cirrus, cloud_buffer=30.0,
+                       cirrus_buffer=20.0, shadow_buffer=20.0, snow_buffer=10.0, strip=strip)
+    finally:
+        numba.set_num_threads(old)
+    # reference: full-size masks on the QAI grid, per-pixel rules of spec 01 §6.7
+    valid = (q0 & 1) == 0
+    up = gm.up
+    snow = buffer_disk(up((bits & 8) != 0), 1) & valid
+    c10 = up(cloud) & valid
+    cb = buffer_disk(up(cloud), 3)
+    cirb = buffer_disk(up(cirrus), 2)
+    state = np.where(c10, 2, 0)
+    state = np.where((state == 0) & cb, 1, np.where(cirb & (state != 2) & ~(cb & (state == 0)),
+                                                    3, state))
+    state[~valid] = 0
+    sh = buffer_disk(up(shadow), 2) & valid
+    water = up((bits & 4) != 0) & valid
+    assert np.array_equal(Q.get_field(qai, Q.CLOUD)[valid], state[valid])
+    assert np.array_equal(Q.get_flag(qai, Q.SNOW), snow)
+    assert np.array_equal(Q.get_flag(qai, Q.SHADOW)[valid], sh[valid])
+    assert np.array_equal(Q.get_flag(qai, Q.WATER), water)
+    keep = np.uint16(~np.uint16((3 << Q.CLOUD) | (1 << Q.SHADOW) | (1 << Q.SNOW)
+                                | (1 << Q.WATER)) & 0xFFFF)
+    assert np.array_equal(qai[~valid], q0[~valid] & keep)     # nodata: bits cleared only
+    assert cnt["opaque_unbuffered"] == int(c10.sum()) and cnt["valid"] == int(valid.sum())
+    assert (state == 1).any() and (state == 3).any() and snow.any() and sh.any()
+
+
 def test_bin_centre_elevation():
     dem = np.array([[0.0, 255.0], [510.0, np.nan]], np.float32)
     z = bin_centre_elevation_km(dem, np.ones(dem.shape, bool))

@@ -7,6 +7,7 @@ the buffers are drawn with radii int(metres / QAI pixel size).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -14,6 +15,10 @@ from .. import qai as Q
 from ..grid import Grid
 from ..scene import nearest_index, resample_nearest
 from .morphology import STRIP_ROWS, buffer_rows, distance_transform
+
+# rows per strip of finalize: the strips run side by side (one per thread), each holding
+# its five buffered masks and one buffer's work arrays (S2 10 m: ~50 MB per strip)
+FINALIZE_STRIP = STRIP_ROWS // 2
 
 _CLEAR_BITS = np.uint16(~np.uint16((3 << Q.CLOUD) | (1 << Q.SHADOW) | (1 << Q.SNOW)
                                    | (1 << Q.WATER)) & 0xFFFF)
@@ -24,6 +29,16 @@ _CLEAR_BITS = np.uint16(~np.uint16((3 << Q.CLOUD) | (1 << Q.SHADOW) | (1 << Q.SN
 def _upmap(src, rows, cols, out):
     ny, nx = out.shape
     for i in prange(ny):
+        r = rows[i]
+        for j in range(nx):
+            out[i, j] = src[r, cols[j]]
+
+
+@njit(cache=True, nogil=True)
+def _upmap_serial(src, rows, cols, out):
+    """:func:`_upmap` on the calling thread only (GIL released)."""
+    ny, nx = out.shape
+    for i in range(ny):
         r = rows[i]
         for j in range(nx):
             out[i, j] = src[r, cols[j]]
@@ -47,12 +62,14 @@ class GridMap:
         _upmap(np.ascontiguousarray(mask), self.rows, self.cols, out)
         return out
 
-    def up_rows(self, mask: np.ndarray, a: int, b: int) -> np.ndarray:
-        """Rows ``a:b`` of :meth:`up` (a view of ``mask`` for the identity)."""
+    def up_rows(self, mask: np.ndarray, a: int, b: int, serial: bool = False) -> np.ndarray:
+        """Rows ``a:b`` of :meth:`up` (a view of ``mask`` for the identity); ``serial``: on
+        the calling thread only, GIL released."""
         if self.identity:
             return mask[a:b]
         out = np.empty((b - a, self.target.nx), mask.dtype)
-        _upmap(np.ascontiguousarray(mask), self.rows[a:b], self.cols, out)
+        (_upmap_serial if serial else _upmap)(np.ascontiguousarray(mask), self.rows[a:b],
+                                              self.cols, out)
         return out
 
 
@@ -229,11 +246,44 @@ def _set_bits_from(qai, bits, flag, bit):
                 qai[i, j] |= v
 
 
+@njit(cache=True, nogil=True)
+def _apply_strip(q, snow_b, has_snow, c10, counts, cloud_b, cirrus_b, has_cirrus, shadow_b,
+                 shadow_mode, snow_bit, shadow_bit):
+    """The per-pixel steps of :func:`finalize` on the rows of one strip, in their order:
+    buffered snow (``has_snow``), opaque cloud (→ state 2, counted per row into
+    ``counts``), buffered cloud on a clear pixel → 1, else buffered cirrus → 3 unless state
+    2 (:func:`_buffer_states`), then shadow (``shadow_mode`` 0: none, 1: ``shadow_b``,
+    2: every valid pixel). Nodata pixels (bit 0) are left alone. Calling thread only."""
+    ny, nx = q.shape
+    vsnow = np.uint16(1 << snow_bit)
+    vshadow = np.uint16(1 << shadow_bit)
+    for i in range(ny):
+        n = 0
+        for j in range(nx):
+            v = q[i, j]
+            if v & 1:
+                continue
+            if has_snow and snow_b[i, j]:
+                v |= vsnow
+            if c10[i, j]:
+                v = (v & np.uint16(0xFFF9)) | np.uint16(2 << 1)
+                n += 1
+            state = (v >> 1) & 3
+            if cloud_b[i, j] and state == 0:
+                v = (v & np.uint16(0xFFF9)) | np.uint16(1 << 1)
+            elif has_cirrus and cirrus_b[i, j] and state != 2:
+                v = (v & np.uint16(0xFFF9)) | np.uint16(3 << 1)
+            if shadow_mode == 2 or (shadow_mode == 1 and shadow_b[i, j]):
+                v |= vshadow
+            q[i, j] = v
+        counts[i] = n
+
+
 def finalize(qai: np.ndarray, gmap: GridMap, bits: np.ndarray, cloud: np.ndarray,
              shadow: np.ndarray | None, cirrus: np.ndarray | None, *, cloud_buffer: float,
              cirrus_buffer: float, shadow_buffer: float, snow_buffer: float,
              snow_buffered_work: np.ndarray | None = None, snow_from_bits: bool = False,
-             strip: int = STRIP_ROWS) -> dict:
+             strip: int = FINALIZE_STRIP) -> dict:
     """Write the cloud, shadow, snow and water bits into ``qai`` (in place; spec 01 §6.2,
     §6.7). ``cloud``/``shadow``/``cirrus``: bool on the work grid; ``shadow=None`` means
     every valid pixel is shadow (the forced cc = 100 paths of §6.1). Buffers in metres.
@@ -244,7 +294,9 @@ def finalize(qai: np.ndarray, gmap: GridMap, bits: np.ndarray, cloud: np.ndarray
 
     The QAI is written in strips of ``strip`` rows: every step is pixel-wise given the
     buffered masks, and the buffers of a strip come from the mask rows around it
-    (:func:`~.morphology.buffer_rows`), so no full-size mask is made on the QAI grid."""
+    (:func:`~.morphology.buffer_rows`), so no full-size mask is made on the QAI grid. The
+    strips are processed side by side by ``numba.get_num_threads()`` threads (serial
+    kernels, GIL released; no barrier per kernel): the result does not depend on it."""
     res = gmap.target.res
     ny = qai.shape[0]
     shape = qai.shape
@@ -267,35 +319,47 @@ def finalize(qai: np.ndarray, gmap: GridMap, bits: np.ndarray, cloud: np.ndarray
     has_cirrus = cirrus is not None
 
     def rows_of(mask):
-        return lambda a, b: gmap.up_rows(mask, a, b)
+        return lambda a, b: gmap.up_rows(mask, a, b, serial=True)
 
     snow_rows = None
     if not snow_done:
         def snow_rows(a, b):
-            return (gmap.up_rows(bits, a, b) & np.uint8(8)) != 0
+            return (gmap.up_rows(bits, a, b, serial=True) & np.uint8(8)) != 0
     opaque_rows = np.zeros(ny, np.int64)
-    nocirrus = np.zeros((1, 1), np.bool_)
+    none = np.zeros((1, 1), np.bool_)
     strip = max(int(strip), 1)
-    for i0 in range(0, ny, strip):
+
+    def one_strip(i0: int) -> None:
+        # every step is pixel-wise given the buffered masks: the strips are independent
+        # and each writes only its own QAI rows (any order, any thread: same result)
         i1 = min(ny, i0 + strip)
-        q = qai[i0:i1]
-        # snow (buffered snow candidates)
-        if snow_rows is not None:
-            _set_bits(q, buffer_rows(snow_rows, shape, r_snow, i0, i1), Q.SNOW)
-        # opaque clouds, then buffered clouds and cirrus
-        c10 = np.ascontiguousarray(gmap.up_rows(cloud, i0, i1))
-        _opaque(q, c10, opaque_rows[i0:i1])
-        cb = buffer_rows(rows_of(cloud), shape, r_cloud, i0, i1) if r_cloud > 0 else c10
-        del c10
-        cirb = (buffer_rows(rows_of(cirrus), shape, r_cirrus, i0, i1) if has_cirrus
-                else nocirrus)
-        _buffer_states(q, cb, cirb, has_cirrus)
-        del cb, cirb
-        # shadows
+        snow_b = (buffer_rows(snow_rows, shape, r_snow, i0, i1, serial=True)
+                  if snow_rows is not None else none)
+        c10 = np.ascontiguousarray(gmap.up_rows(cloud, i0, i1, serial=True))
+        cb = (buffer_rows(rows_of(cloud), shape, r_cloud, i0, i1, serial=True)
+              if r_cloud > 0 else c10)
+        cirb = (buffer_rows(rows_of(cirrus), shape, r_cirrus, i0, i1, serial=True)
+                if has_cirrus else none)
         if shadow is None:
-            _all_shadow(q)
+            mode, sb = 2, none
         else:
-            _set_bits(q, buffer_rows(rows_of(shadow), shape, r_shadow, i0, i1), Q.SHADOW)
+            mode = 1
+            sb = buffer_rows(rows_of(shadow), shape, r_shadow, i0, i1, serial=True)
+        _apply_strip(qai[i0:i1], snow_b, snow_rows is not None, c10, opaque_rows[i0:i1], cb,
+                     cirb, has_cirrus, sb, mode, Q.SNOW, Q.SHADOW)
+
+    # the strips side by side on a thread pool (the kernels release the GIL): no barrier
+    # per kernel and strip, the threads take the next strip when free
+    starts = list(range(0, ny, strip))
+    nt = max(1, min(numba.get_num_threads(), len(starts)))
+    if nt == 1:
+        for i0 in starts:
+            one_strip(i0)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=nt) as pool:
+            for f in [pool.submit(one_strip, i0) for i0 in starts]:
+                f.result()
     out = cover_counts(qai)
     out["opaque_unbuffered"] = int(opaque_rows.sum())
     return out

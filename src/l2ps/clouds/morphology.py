@@ -75,34 +75,49 @@ def _footprint_tables(r: int) -> tuple[np.ndarray, int, int]:
 _COLS = 64          # columns handled together by _column_distance (row-major friendly)
 
 
+@njit(cache=True, inline="always")
+def _column_block(mask, inf, out, blk):
+    """Meijster phase 1 for the columns of block ``blk`` (see :func:`_column_distance`)."""
+    ny, nx = mask.shape
+    cap = 65535
+    j0 = blk * _COLS
+    j1 = min(j0 + _COLS, nx)
+    g = np.empty(j1 - j0, np.int64)
+    for j in range(j0, j1):
+        g[j - j0] = inf
+    for i in range(ny):
+        for j in range(j0, j1):
+            k = j - j0
+            if mask[i, j]:
+                g[k] = 0
+            elif g[k] < inf:
+                g[k] += 1
+            out[i, j] = min(g[k], cap)
+    for i in range(ny - 2, -1, -1):
+        for j in range(j0, j1):
+            v = out[i + 1, j]
+            if v < out[i, j] and v + 1 < out[i, j]:
+                out[i, j] = v + 1
+
+
 @njit(cache=True, parallel=True)
 def _column_distance(mask, inf, out):
     """Meijster phase 1: vertical distance to the nearest TRUE pixel of the column (inf if
     the column has none), stored as uint16 (capped at 65535). Columns are processed in
     blocks of ``_COLS``, walking the rows of a block (contiguous memory), each column
     exactly as a column-by-column sweep would."""
-    ny, nx = mask.shape
-    cap = 65535
-    nblk = (nx + _COLS - 1) // _COLS
+    nblk = (mask.shape[1] + _COLS - 1) // _COLS
     for blk in prange(nblk):
-        j0 = blk * _COLS
-        j1 = min(j0 + _COLS, nx)
-        g = np.empty(j1 - j0, np.int64)
-        for j in range(j0, j1):
-            g[j - j0] = inf
-        for i in range(ny):
-            for j in range(j0, j1):
-                k = j - j0
-                if mask[i, j]:
-                    g[k] = 0
-                elif g[k] < inf:
-                    g[k] += 1
-                out[i, j] = min(g[k], cap)
-        for i in range(ny - 2, -1, -1):
-            for j in range(j0, j1):
-                v = out[i + 1, j]
-                if v < out[i, j] and v + 1 < out[i, j]:
-                    out[i, j] = v + 1
+        _column_block(mask, inf, out, blk)
+
+
+@njit(cache=True, nogil=True)
+def _column_distance_serial(mask, inf, out):
+    """:func:`_column_distance` on the calling thread only (GIL released): for strips
+    processed side by side by a thread pool."""
+    nblk = (mask.shape[1] + _COLS - 1) // _COLS
+    for blk in range(nblk):
+        _column_block(mask, inf, out, blk)
 
 
 @njit(cache=True, inline="always")
@@ -161,31 +176,49 @@ def _distance_rows(g, out, exact_int):
                 out[i, u] = np.float32(np.sqrt(np.float64(row[u])))
 
 
+@njit(cache=True, inline="always")
+def _dilate_row(g, i, half, lo, hi, out, s, t, row):
+    """Row ``i`` of :func:`_dilate_rows` (s, t, row: work arrays of nx entries)."""
+    nx = g.shape[1]
+    r = half.shape[0] - 1
+    _row_d2(g, i, nx, s, t, row)
+    for u in range(nx):
+        d2 = row[u]
+        if d2 <= lo:
+            out[i, u] = True
+        elif d2 > hi:
+            out[i, u] = False
+        else:
+            hit = False
+            for dx in range(-r, r + 1):
+                v = u + dx
+                if v < 0 or v >= nx:
+                    continue
+                if g[i, v] <= half[abs(dx)]:
+                    hit = True
+                    break
+            out[i, u] = hit
+
+
 @njit(cache=True, parallel=True)
 def _dilate_rows(g, half, lo, hi, out):
     ny, nx = g.shape
-    r = half.shape[0] - 1
     for i in prange(ny):
         s = np.empty(nx, np.int64)
         t = np.empty(nx, np.int64)
         row = np.empty(nx, np.int64)
-        _row_d2(g, i, nx, s, t, row)
-        for u in range(nx):
-            d2 = row[u]
-            if d2 <= lo:
-                out[i, u] = True
-            elif d2 > hi:
-                out[i, u] = False
-            else:
-                hit = False
-                for dx in range(-r, r + 1):
-                    v = u + dx
-                    if v < 0 or v >= nx:
-                        continue
-                    if g[i, v] <= half[abs(dx)]:
-                        hit = True
-                        break
-                out[i, u] = hit
+        _dilate_row(g, i, half, lo, hi, out, s, t, row)
+
+
+@njit(cache=True, nogil=True)
+def _dilate_rows_serial(g, half, lo, hi, out):
+    """:func:`_dilate_rows` on the calling thread only (GIL released)."""
+    ny, nx = g.shape
+    s = np.empty(nx, np.int64)
+    t = np.empty(nx, np.int64)
+    row = np.empty(nx, np.int64)
+    for i in range(ny):
+        _dilate_row(g, i, half, lo, hi, out, s, t, row)
 
 
 def _as_bool(mask: np.ndarray) -> np.ndarray:
@@ -272,13 +305,15 @@ def buffer_margin(radius: int) -> int:
     return math.isqrt(hi) + 2
 
 
-def buffer_rows(get_rows, shape: tuple[int, int], radius: int, i0: int, i1: int
-                ) -> np.ndarray:
+def buffer_rows(get_rows, shape: tuple[int, int], radius: int, i0: int, i1: int, *,
+                serial: bool = False) -> np.ndarray:
     """Rows ``i0:i1`` of ``buffer_disk(mask, radius)`` (bool, exact) computed from the mask
     rows ``i0 − M : i1 + M`` only (M = :func:`buffer_margin`), which ``get_rows(a, b)``
     returns (bool, C-contiguous). The column distances within the strip equal the image's
     wherever they can decide the result: a TRUE pixel that is nearer than √hi lies within
-    M rows, and larger distances stay larger."""
+    M rows, and larger distances stay larger. ``serial``: the kernels run on the calling
+    thread only, with the GIL released (strips side by side in a thread pool); same
+    result."""
     ny, nx = shape
     r = int(radius)
     if r <= 0:
@@ -288,10 +323,10 @@ def buffer_rows(get_rows, shape: tuple[int, int], radius: int, i0: int, i1: int
     a, b = max(0, i0 - mg), min(ny, i1 + mg)
     m = _as_bool(get_rows(a, b))
     g = np.empty(m.shape, np.uint16)
-    _column_distance(m, nx + ny, g)
+    (_column_distance_serial if serial else _column_distance)(m, nx + ny, g)
     del m
     out = np.empty((i1 - i0, nx), np.bool_)
-    _dilate_rows(g[i0 - a:i1 - a], half, lo, hi, out)
+    (_dilate_rows_serial if serial else _dilate_rows)(g[i0 - a:i1 - a], half, lo, hi, out)
     return out
 
 

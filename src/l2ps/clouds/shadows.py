@@ -72,44 +72,31 @@ def _fill_input(band, bits, bck, i, j, ny, nx):
     return np.int64(band[i, j])
 
 
-@njit(cache=True, inline="always")
-def _put_dark(dark, i, j, f, m, first):
-    """Store the depth f − m and the DARK_BIT (relative darkening ≥ REL_PIXEL) of one band:
-    the first band sets ``dark``, the second takes the minimum depth and ANDs the bit."""
-    d = f - m
-    if d == 0:                  # depth 0, relative darkening 0: min → 0, bit cleared
-        dark[i, j] = 0
-        return
-    if d > 32767:
-        d = 32767
-    r = 0
-    if f > 0 and d > 0:
-        r = min(10000, (d * 10000) // f)
-    if first:
-        v = d
-        if r >= REL_PIXEL:
-            v |= DARK_BIT
-    else:
-        old = np.int64(dark[i, j])
-        v = min(old & DEPTH_MASK, d)
-        if (old & DARK_BIT) and r >= REL_PIXEL:
-            v |= DARK_BIT
-    dark[i, j] = np.uint16(v)
-
-
 @njit(cache=True, nogil=True)
 def _flood_dark(band, bits, bck, dark, first):
     """The priority flood of :func:`~.morphology._priority_fill` on the input of
-    :func:`_fill_input` (computed on the fly, never stored), writing each pixel's depth and
-    DARK_BIT into ``dark`` (:func:`_put_dark`) when its fill level is known — no image but
-    ``dark``, a visited bit per pixel and the queue's chunks. Returns the chunks used."""
+    :func:`_fill_input` (computed on the fly, never stored), writing each pixel's depth
+    f − m (capped at 32767) and DARK_BIT (relative darkening min(10000, (f − m)·10000 // f)
+    ≥ REL_PIXEL) into ``dark`` when its fill level f is known: the first band (``first``)
+    sets ``dark``, the second takes the minimum depth and ANDs the bit. No image but
+    ``dark``, a visited bit per pixel and the queue's chunks. ``band``, ``bits``, ``dark``:
+    C-contiguous. Returns the chunks used.
+
+    Speed: the neighbours of an interior pixel are visited without bounds tests (the
+    border seeds are queued as −(p + 1)), and an unvisited neighbour is never on the image
+    border (the border is seeded first), so its input needs only the nodata/FAR test; the
+    darkening test needs no division."""
     ny, nx = band.shape
     n = ny * nx
-    lo_v = np.int64(bck)
-    hi_v = np.int64(bck)
+    b1 = band.reshape(n)
+    k1 = bits.reshape(n)
+    d1 = dark.reshape(n)
+    bckv = np.int64(bck)
+    lo_v = bckv
+    hi_v = bckv
     for i in range(1, ny - 1):
         for j in range(1, nx - 1):
-            if not ((bits[i, j] & 1) or (bits[i, j] & 128)):
+            if not (bits[i, j] & 129):
                 v = np.int64(band[i, j])
                 if v < lo_v:
                     lo_v = v
@@ -149,11 +136,12 @@ def _flood_dark(band, bits, bck, dark, first):
                         cnext[tc[v]] = c
                     tc[v] = c
                     tp[v] = 0
-                pool[tc[v] * _CHUNK + tp[v]] = p
+                pool[tc[v] * _CHUNK + tp[v]] = -(p + 1)     # border pixel: −(p + 1)
                 tp[v] += 1
                 if v < lo:
                     lo = v
     for lev in range(lo, nlev):
+        f = lev - offset
         while True:
             if rn > 0:
                 p = ring[rh]
@@ -177,47 +165,86 @@ def _flood_dark(band, bits, bck, dark, first):
                     continue
                 p = pool[c * _CHUNK + hp[lev]]
                 hp[lev] += 1
-            i = p // nx
-            j = p - i * nx
-            for di in range(-1, 2):
-                ii = i + di
-                if ii < 0 or ii >= ny:
-                    continue
-                for dj in range(-1, 2):
+            # every queued pixel but the border seeds (stored as −(p + 1)) is interior:
+            # its 8 neighbours need no bounds test (and no row/column division)
+            interior = p >= 0
+            if not interior:
+                p = -p - 1
+                i = p // nx
+                j = p - i * nx
+            for k in range(8):
+                if k < 3:
+                    di = -1
+                    dj = k - 1
+                elif k == 3:
+                    di = 0
+                    dj = -1
+                elif k == 4:
+                    di = 0
+                    dj = 1
+                else:
+                    di = 1
+                    dj = k - 6
+                if not interior:
+                    ii = i + di
                     jj = j + dj
-                    if jj < 0 or jj >= nx:
+                    if ii < 0 or ii >= ny or jj < 0 or jj >= nx:
                         continue
-                    q = ii * nx + jj
-                    if seen[q >> 3] & (1 << (q & 7)):
-                        continue
-                    seen[q >> 3] |= np.uint8(1 << (q & 7))
-                    m = _fill_input(band, bits, bck, ii, jj, ny, nx)
-                    v = m + offset
-                    if v <= lev:
-                        _put_dark(dark, ii, jj, lev - offset, m, first)
-                        if rn == ring.shape[0]:
-                            r2 = np.empty(2 * ring.shape[0], np.int32)
-                            for k in range(rn):
-                                r2[k] = ring[(rh + k) & rmask]
-                            ring = r2
-                            rmask = ring.shape[0] - 1
-                            rh = 0
-                        ring[(rh + rn) & rmask] = q
-                        rn += 1
-                        continue
-                    dark[ii, jj] = 0            # fill = input: no depth, no darkening
-                    if tc[v] == -1 or tp[v] == _CHUNK:
-                        pool, cnext, c2, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
-                        cnext[c2] = -1
-                        if tc[v] == -1:
-                            hc[v] = c2
-                            hp[v] = 0
+                q = p + di * nx + dj
+                sb = seen[q >> 3]
+                bit = np.uint8(1 << (q & 7))
+                if sb & bit:
+                    continue
+                seen[q >> 3] = sb | bit
+                # an unseen pixel is never on the image border (all seeded at the start)
+                if k1[q] & 129:
+                    m = bckv
+                else:
+                    m = np.int64(b1[q])
+                v = m + offset
+                if v <= lev:
+                    d = f - m
+                    if d == 0:
+                        d1[q] = 0
+                    else:
+                        if d > 32767:
+                            d = 32767
+                        # relative darkening min(10000, d·10000 // f) ≥ REL_PIXEL, without
+                        # the division (f > 0: floor(x / f) ≥ k  ⇔  x ≥ k·f)
+                        rd = f > 0 and d * 10000 >= REL_PIXEL * f
+                        if first:
+                            w = d
+                            if rd:
+                                w |= DARK_BIT
                         else:
-                            cnext[tc[v]] = c2
-                        tc[v] = c2
-                        tp[v] = 0
-                    pool[tc[v] * _CHUNK + tp[v]] = q
-                    tp[v] += 1
+                            old = np.int64(d1[q])
+                            w = min(old & DEPTH_MASK, d)
+                            if (old & DARK_BIT) and rd:
+                                w |= DARK_BIT
+                        d1[q] = np.uint16(w)
+                    if rn == ring.shape[0]:
+                        r2 = np.empty(2 * ring.shape[0], np.int32)
+                        for kk in range(rn):
+                            r2[kk] = ring[(rh + kk) & rmask]
+                        ring = r2
+                        rmask = ring.shape[0] - 1
+                        rh = 0
+                    ring[(rh + rn) & rmask] = q
+                    rn += 1
+                    continue
+                d1[q] = 0
+                if tc[v] == -1 or tp[v] == _CHUNK:
+                    pool, cnext, c2, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
+                    cnext[c2] = -1
+                    if tc[v] == -1:
+                        hc[v] = c2
+                        hp[v] = 0
+                    else:
+                        cnext[tc[v]] = c2
+                    tc[v] = c2
+                    tp[v] = 0
+                pool[tc[v] * _CHUNK + tp[v]] = q
+                tp[v] += 1
     return nalloc
 
 
@@ -253,8 +280,9 @@ def shadow_probability(bits: np.ndarray, nir: np.ndarray, swir1: np.ndarray,
     relative darkening ≥ REL_PIXEL.
 
     ``cloud``: the cloud mask for the distance test, or None when the FAR bit of ``bits``
-    has been set already by :func:`mark_far` (it is cleared on return). Memory: the two
-    int16 flood images (the first becomes ``dark``) and the floods' small queues."""
+    has been set already by :func:`mark_far` (it is cleared on return). Memory: ``dark`` and,
+    with the floods side by side, a second uint16 array merged into it; per flood a visited
+    bit per pixel and the small queues."""
     if cloud is not None:
         mark_far(bits, cloud, maxdist)
     stats = {}
@@ -265,6 +293,8 @@ def shadow_probability(bits: np.ndarray, nir: np.ndarray, swir1: np.ndarray,
         stats[f"background_{name}"] = bck
         bcks.append(np.int16(bck))
     nt = numba.get_num_threads() if threads is None else threads
+    # the flood reads flat views (no copy when already C-contiguous, as the bands are)
+    nir, swir1 = np.ascontiguousarray(nir), np.ascontiguousarray(swir1)
     dark = np.empty(bits.shape, np.uint16)
     if PARALLEL_FLOODS and nt >= 2:
         # the two floods side by side (numba releases the GIL), each writing its own
