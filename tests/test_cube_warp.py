@@ -176,11 +176,15 @@ def _products(src, band):
             Product("HOT", [band.copy()], [src], ("HOT",), -9999, 1.0, "bilinear")]
 
 
-def test_lazy_warp_equals_eager_warp_with_resync():
+@pytest.mark.parametrize("release", [False, True])
+def test_lazy_warp_equals_eager_warp_with_resync(release):
     src, band = _scene(300)
     tgt = _target(src, 10.0)
     eager = warp_products(_products(src, band), tgt)
-    lazy = warp_products_lazy(_products(src, band), tgt)
+    prods = _products(src, band)
+    lazy = warp_products_lazy(prods, tgt, release_qai=release)
+    # released: the QAI product no longer holds its source band (memory), else unchanged
+    assert (prods[0].bands[0] is None) == release
     assert np.array_equal(lazy[0].bands[0], eager[0].bands[0])
     assert np.count_nonzero(qai.is_nodata(lazy[0].bands[0])) > 0
     for pl, pe in zip(lazy[1:], eager[1:]):

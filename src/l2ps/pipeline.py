@@ -197,7 +197,10 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                                      aod=atmo.aod if atmo else None,
                                      wvp=atmo.wvp if atmo else None)
     del atmo
+    # the products hold the only references now (write_cube frees them as it goes)
     scene.toa.clear()
+    scene.qai = None
+    del qai
     with timer("cube"):
         from .cube import write_cube
         result = write_cube(products, level1_id=level1.product_id, date=level1.date_string,

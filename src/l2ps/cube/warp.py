@@ -574,6 +574,16 @@ def _or_valid(band, nodata, out):  # pragma: no cover
                 out[i, j] = 1
 
 
+@njit(cache=True, parallel=True)
+def _nodata_where_zero(q, valid, nodata):  # pragma: no cover
+    """q = ``nodata`` where ``valid`` is 0 (in place)."""
+    ny, nx = q.shape
+    for i in prange(ny):
+        for j in range(nx):
+            if valid[i, j] == 0:
+                q[i, j] = nodata
+
+
 def any_valid(bands: list[np.ndarray], nodata) -> np.ndarray:
     """uint8 mask: 1 where any of ``bands`` (same shape) is not ``nodata``. One pass per
     band (a typed list of arrays indexed per pixel inside a kernel costs ~40x more)."""
@@ -840,7 +850,7 @@ class WarpedWindow:
 
 
 def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: int = 1,
-                       clock=None) -> list[Product]:
+                       clock=None, release_qai: bool = False) -> list[Product]:
     """The products on ``target`` as :func:`warp_products` gives them (resync included),
     but only QAI is warped now (nearest, in memory); every other band is a
     :class:`WarpedBand` resampled window by window when written, so that the memory
@@ -850,7 +860,8 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
     band is valid exactly where the source pixel containing the target pixel centre is
     valid (for every resampling, :func:`_resample`), so this mask is the nearest-neighbour
     warp of "any band valid" per source grid, ANDed over the grids. The source arrays
-    must stay unchanged while the returned products are used."""
+    must stay unchanged while the returned products are used. ``release_qai``: drop the
+    QAI product's reference to its source band once it is warped (in place; memory)."""
     clock = clock or (lambda name: contextlib.nullcontext())
     meshes: dict[Grid, tuple] = {}
 
@@ -862,9 +873,13 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
     with _numba_threads(num_threads), clock("warp"):
         qai_p = next(p for p in products if p.name == "QAI")
         q = warp_product(qai_p, target, num_threads=num_threads).bands[0]
+        if release_qai and isinstance(qai_p.bands, list):
+            qai_p.bands[0] = None           # only the warped QAI is read from now on
         refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
         if refl is not None and refl.nbands:
-            all_nd = np.ones(q.shape, dtype=bool)
+            # valid: 1 where the band of some source grid is valid (uint8, in place; no
+            # boolean temporaries of the target's size)
+            valid = None
             by_grid: dict[Grid, list[int]] = {}
             for i, g in enumerate(refl.grids):
                 by_grid.setdefault(g, []).append(i)
@@ -878,10 +893,13 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
                     w = _resample_window(anyv, mesh(g), _NEAREST, 0, 0, 0, target.ny,
                                          target.nx)
                 del anyv
-                all_nd &= w == 0
+                if valid is None:
+                    valid = w
+                else:
+                    np.bitwise_or(valid, w, out=valid)
                 del w
-            q[all_nd] = qai_mod.QAI_NODATA
-            del all_nd
+            _nodata_where_zero(q, valid, qai_mod.QAI_NODATA)
+            del valid
     out = []
     for p in products:
         if p.name == "QAI":

@@ -769,7 +769,8 @@ def write_cube(products: list[Product], *, level1_id: str, date: str, sensor: st
             _write_cube(result, clock, products, level1_id=level1_id, date=date,
                         sensor=sensor, params=params, cubes=cubes, out_dir=out_dir,
                         origin=origin, refsys_id=refsys_id, acquired=acquired,
-                        param_log=param_log, nthread=nthread, lock_timeout=lock_timeout)
+                        param_log=param_log, nthread=nthread, lock_timeout=lock_timeout,
+                        consume=consume)
     finally:
         if consume:
             for p in products:
@@ -784,8 +785,10 @@ def _write_cube(result: CubeResult, clock: _Clock, products: list[Product], *,
                 level1_id: str, date: str, sensor: str, params: Any,
                 cubes: list[Datacube] | None, out_dir, origin: str | None,
                 refsys_id: str | None, acquired: datetime | None, param_log: str,
-                nthread: int, lock_timeout: float) -> None:
-    """The body of :func:`write_cube` (fills ``result``)."""
+                nthread: int, lock_timeout: float, consume: bool = False) -> None:
+    """The body of :func:`write_cube` (fills ``result``). With ``consume`` the source
+    QAI is released as soon as it has been warped for the last cube (the warped QAI
+    replaces it; the caller must hold no other reference for the memory to be freed)."""
     if not re.fullmatch(r"\d{8}", str(date)):
         raise OutputError(f"write_cube: date must be YYYYMMDD, got {date!r}")
     prods = _order(products)
@@ -824,7 +827,8 @@ def _write_cube(result: CubeResult, clock: _Clock, products: list[Product], *,
         else:
             target = native
         warped = _with_dst(warp_products_lazy(prods, target, num_threads=nthread,
-                                              clock=clock), target, dst, clock)
+                                              clock=clock, release_qai=consume),
+                           target, dst, clock)
         win, _, _ = _data_window(warped[0].bands[0], formats.Window(0, 0, target.ny, target.nx))
         if win is None:         # no valid pixel: written anyway (no filters, §2.11)
             win = formats.Window(0, 0, 1, 1)
@@ -850,8 +854,10 @@ def _write_cube(result: CubeResult, clock: _Clock, products: list[Product], *,
         result.cubes.append(cube)
         fp = grid_footprint(native, cube.wkt)
         target = cube.aligned_grid(fp, res)
-        warped = _with_dst(warp_products_lazy(prods, target, num_threads=nthread,
-                                              clock=clock), target, dst, clock)
+        # the source QAI is released once warped for the last cube
+        warped = _with_dst(warp_products_lazy(
+            prods, target, num_threads=nthread, clock=clock,
+            release_qai=consume and k_cube == len(cubes) - 1), target, dst, clock)
         q = warped[0].bands[0]
         tnx, tny = cube.tile_pixels(res)
         for X, Y in cube.tile_range(fp).tiles():
