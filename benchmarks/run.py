@@ -105,7 +105,7 @@ TOP_LEVEL = {"extract+metadata": "reading", "read": "reading", "cleanup": "readi
 #: of the parent's remainder (parent seconds − its mapped sub-stages)
 SUB_STAGES = {
     "clouds": ({"potential": "clouds", "probability": "clouds", "parallax": "clouds",
-                "finalize": "clouds", "shadow_probability": "shadows",
+                "finalize": "clouds", "objects": "shadows", "shadow_probability": "shadows",
                 "shadow_matching": "shadows"}, "clouds"),
     "atmosphere": ({"aod": "AOD", "water_vapor": "water vapour", "radtran": "radiative transfer",
                     "adjacency": "radiative transfer", "inversion": "radiative transfer",
