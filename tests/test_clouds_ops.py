@@ -10,7 +10,7 @@ from l2ps import qai as Q
 from l2ps.clouds import cloud_distance, erase_clouds
 from l2ps.clouds.finalize import GridMap, bin_centre_elevation_km, finalize
 from l2ps.clouds.morphology import (buffer_disk, disk_footprint, distance_transform,
-                                    fill_depressions, label8, majority_fill,
+                                    label8, majority_fill,
                                     remove_small_objects, split_objects)
 from l2ps.clouds.stats import quantile_float, quantile_int16
 from l2ps.grid import Grid
@@ -134,34 +134,6 @@ def _brute_reconstruct(img):
         if (new == marker).all():
             return marker
         marker = new
-
-
-def test_fill_depressions_hand_example():
-    img = np.array([[5, 5, 5, 5, 5],
-                    [5, 1, 2, 1, 5],
-                    [5, 2, 0, 2, 5],
-                    [5, 5, 5, 3, 5],
-                    [5, 5, 5, 5, 5]], np.int16)
-    out = fill_depressions(img)
-    assert (out[1:3, 1:4] == 5).all() and out[3, 3] == 5
-    img[3, 4] = 3                                   # a spill point at 3 on the border
-    out = fill_depressions(img)
-    assert (out[1:3, 1:4] == 3).all() and out[3, 3] == 3 and out[0, 0] == 5
-
-
-def test_fill_depressions_matches_iterated_erosion():
-    rng = np.random.default_rng(3)
-    img = ndimage.gaussian_filter(rng.normal(0, 1, (60, 50)), 2)
-    img = (img * 1000).astype(np.int16)
-    assert (fill_depressions(img) == _brute_reconstruct(img)).all()
-
-
-def test_fill_depressions_full_int16_range_and_uint8():
-    rng = np.random.default_rng(4)
-    img = rng.integers(-32768, 32767, (40, 30), endpoint=True).astype(np.int16)
-    assert (fill_depressions(img) == _brute_reconstruct(img)).all()
-    small = rng.integers(0, 255, (25, 35)).astype(np.uint8)
-    assert (fill_depressions(small) == _brute_reconstruct(small)).all()
 
 
 def test_split_objects_at_a_neck():

@@ -13,8 +13,8 @@ threads: parallel loops only run over independent rows or columns and never redu
 - :func:`distance_transform` — exact Euclidean distance (Meijster et al. 2006) truncated to
   an integer, as ``uint16``; where there is no TRUE pixel at all the distance is nx + ny.
 - :func:`majority_fill` — in place, sequential raster order (already filled pixels count).
-- :func:`fill_depressions` — greyscale reconstruction by erosion with the marker equal to the
-  image on its border and its maximum inside, computed as a priority flood (O(n)).
+- ``_new_chunk`` — the chunked int32 bucket queue of the shadow stage's priority flood
+  (:func:`l2ps.clouds.shadows._flood_dark`).
 - :func:`label8` — 8-connected components, labels 1..n in raster order of first pixel.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from numba import njit, prange
 from scipy import ndimage
 
 __all__ = ["disk_footprint", "buffer_disk", "distance_transform", "majority_fill",
-           "fill_depressions", "fill_depressions_many", "label8", "label_sizes",
+           "label8", "label_sizes",
            "remove_small_objects"]
 
 
@@ -394,7 +394,7 @@ def majority_fill(mask: np.ndarray) -> None:
     _majority_fill(mask)
 
 
-# ----------------------------------------------------------------------------- reconstruction
+# ----------------------------------------------------------------------------- flood queue
 _CHUNK = 256        # queue entries per chunk of the priority flood's bucket queue
 
 
@@ -415,161 +415,6 @@ def _new_chunk(pool, cnext, free, nalloc):
         pool, cnext = p2, n2
     c = nalloc
     return pool, cnext, c, free, nalloc + 1
-
-
-@njit(cache=True, nogil=True)
-def _priority_fill(img, out, offset, nlev):
-    """Priority flood over a bucket queue of the integer levels: pixels are taken in order
-    of non-decreasing fill level starting from the image border; an unvisited 8-neighbour
-    gets max(level, its value). Each pixel is queued once (O(n)); ``out`` receives the fill
-    (may be ``img`` itself: a pixel's value is read before its fill is written).
-    ``offset``/``nlev``: level index = value + offset in 0..nlev−1.
-
-    Memory: a visited bit per pixel (n/8 bytes) and FIFO buckets made of chunks of
-    ``_CHUNK`` int32 indices drawn from a shared pool (a chunk is recycled as soon as it
-    is consumed), i.e. proportional to the number of pixels queued at a time — the
-    flood's front — rather than to the image. The pixels of the level being processed go
-    to a ring buffer (the plateaus). The result is the unique greyscale reconstruction,
-    whatever the order of the pixels within a level. Returns the chunks used."""
-    ny, nx = img.shape
-    n = ny * nx
-    seen = np.zeros((n + 7) // 8, np.uint8)
-    pool = np.empty(1024 * _CHUNK, np.int32)
-    cnext = np.empty(1024, np.int32)
-    free = -1
-    nalloc = 0
-    hc = np.full(nlev, -1, np.int32)      # head chunk of each level's FIFO
-    hp = np.zeros(nlev, np.int32)         # read position in the head chunk
-    tc = np.full(nlev, -1, np.int32)      # tail chunk
-    tp = np.zeros(nlev, np.int32)         # write position in the tail chunk
-    ring = np.empty(1 << 16, np.int32)    # FIFO of the current level (power-of-2 size)
-    rmask = ring.shape[0] - 1
-    rh = 0
-    rn = 0
-    lo = nlev
-    for i in range(ny):
-        for j in range(nx):
-            if i == 0 or j == 0 or i == ny - 1 or j == nx - 1:
-                p = i * nx + j
-                v = np.int64(img[i, j]) + offset
-                out[i, j] = img[i, j]
-                seen[p >> 3] |= np.uint8(1 << (p & 7))
-                if tc[v] == -1 or tp[v] == _CHUNK:
-                    pool, cnext, c, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
-                    cnext[c] = -1
-                    if tc[v] == -1:
-                        hc[v] = c
-                        hp[v] = 0
-                    else:
-                        cnext[tc[v]] = c
-                    tc[v] = c
-                    tp[v] = 0
-                pool[tc[v] * _CHUNK + tp[v]] = p
-                tp[v] += 1
-                if v < lo:
-                    lo = v
-    for lev in range(lo, nlev):
-        while True:
-            if rn > 0:
-                p = ring[rh]
-                rh = (rh + 1) & rmask
-                rn -= 1
-            else:
-                c = hc[lev]
-                if c == -1:
-                    break
-                end = tp[lev] if c == tc[lev] else _CHUNK
-                if hp[lev] == end:
-                    # head chunk consumed: recycle it
-                    nxt = cnext[c]
-                    cnext[c] = free
-                    free = c
-                    if c == tc[lev]:
-                        hc[lev] = -1
-                        tc[lev] = -1
-                    else:
-                        hc[lev] = nxt
-                        hp[lev] = 0
-                    continue
-                p = pool[c * _CHUNK + hp[lev]]
-                hp[lev] += 1
-            i = p // nx
-            j = p - i * nx
-            for di in range(-1, 2):
-                ii = i + di
-                if ii < 0 or ii >= ny:
-                    continue
-                for dj in range(-1, 2):
-                    jj = j + dj
-                    if jj < 0 or jj >= nx:
-                        continue
-                    q = ii * nx + jj
-                    if seen[q >> 3] & (1 << (q & 7)):
-                        continue
-                    seen[q >> 3] |= np.uint8(1 << (q & 7))
-                    v = np.int64(img[ii, jj]) + offset
-                    if v <= lev:
-                        out[ii, jj] = lev - offset
-                        if rn == ring.shape[0]:
-                            r2 = np.empty(2 * ring.shape[0], np.int32)
-                            for k in range(rn):
-                                r2[k] = ring[(rh + k) & rmask]
-                            ring = r2
-                            rmask = ring.shape[0] - 1
-                            rh = 0
-                        ring[(rh + rn) & rmask] = q
-                        rn += 1
-                        continue
-                    out[ii, jj] = img[ii, jj]
-                    if tc[v] == -1 or tp[v] == _CHUNK:
-                        pool, cnext, c2, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
-                        cnext[c2] = -1
-                        if tc[v] == -1:
-                            hc[v] = c2
-                            hp[v] = 0
-                        else:
-                            cnext[tc[v]] = c2
-                        tc[v] = c2
-                        tp[v] = 0
-                    pool[tc[v] * _CHUNK + tp[v]] = q
-                    tp[v] += 1
-    return nalloc
-
-
-def fill_depressions(img: np.ndarray, *, inplace: bool = False) -> np.ndarray:
-    """Fill the regional minima ("holes") of ``img`` that do not touch the image border:
-    greyscale reconstruction by erosion with 8-connectivity whose marker equals ``img`` on
-    the outermost rows and columns and ``max(img)`` elsewhere (spec 01 §6.5, §6.9; same as
-    ``skimage.morphology.reconstruction(marker, img, method='erosion')``). Computed with a
-    priority flood over a bucket queue of the integer levels (each pixel handled once; FORCE
-    iterates Vincent's 1993 hybrid algorithm — same result). ``img``: int16 or uint8 (uint16
-    and int32 work when their range is < 2^24). Returns a new array of ``img``'s dtype, or
-    with ``inplace=True`` (C-contiguous ``img``) overwrites and returns ``img`` itself: the
-    flood reads a pixel's value only before it writes that pixel's fill."""
-    a = np.ascontiguousarray(img)
-    if inplace and a is not img:
-        raise TypeError("fill_depressions(inplace=True) needs a C-contiguous array")
-    out = a if inplace else np.empty(a.shape, dtype=a.dtype)
-    if a.size == 0:
-        return out
-    lo, hi = int(a.min()), int(a.max())
-    if hi - lo >= 1 << 24:
-        raise ValueError("fill_depressions: value range too large for the bucket queue")
-    _priority_fill(a, out, -lo, hi - lo + 1)
-    return out
-
-
-def fill_depressions_many(imgs: list[np.ndarray], threads: int = 2, *, inplace: bool = False
-                          ) -> list[np.ndarray]:
-    """:func:`fill_depressions` of several images, ``threads`` of them at a time (the
-    priority flood is sequential per image and releases the GIL); same results."""
-    def one(a):
-        return fill_depressions(a, inplace=inplace)
-    if threads <= 1 or len(imgs) <= 1:
-        return [one(a) for a in imgs]
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=min(threads, len(imgs))) as pool:
-        return list(pool.map(one, imgs))
 
 
 # ----------------------------------------------------------------------------- labels

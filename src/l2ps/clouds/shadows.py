@@ -74,8 +74,8 @@ def _fill_input(band, bits, bck, i, j, ny, nx):
 
 @njit(cache=True, nogil=True)
 def _flood_dark(band, bits, bck, dark, first):
-    """The priority flood of :func:`~.morphology._priority_fill` on the input of
-    :func:`_fill_input` (computed on the fly, never stored), writing each pixel's depth
+    """The priority flood (morphological reconstruction by erosion from the border, spec
+    01 §6.5) on the input of :func:`_fill_input` (computed on the fly, never stored), writing each pixel's depth
     f − m (capped at 32767) and DARK_BIT (relative darkening min(10000, (f − m)·10000 // f)
     ≥ REL_PIXEL) into ``dark`` when its fill level f is known: the first band (``first``)
     sets ``dark``, the second takes the minimum depth and ANDs the bit. No image but
