@@ -19,7 +19,7 @@ from ..grid import Grid
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
-from .morphology import label8, label_sizes, mark_beyond, remove_small_objects, split_objects
+from .morphology import _ring_push, label8, label_sizes, mark_beyond, remove_small_objects, split_objects
 from .parallax import cloud_parallax, smoothed_broadnir, smoothed_broadnir_rows
 from .probability import cloud_probability
 from .shadows import MIN_OBJECT, mark_far, object_pixels, shadow_matching, shadow_probability
@@ -333,15 +333,8 @@ def _drop_specks(cloud, bits, res, limit_m2):
                     if seen[q >> 3] & (1 << (q & 7)):
                         continue
                     seen[q >> 3] |= np.uint8(1 << (q & 7))
-                    if qn == queue.shape[0]:
-                        q2 = np.empty(2 * queue.shape[0], np.int64)
-                        for k in range(qn):
-                            q2[k] = queue[(qh + k) & qmask]
-                        queue = q2
-                        qmask = queue.shape[0] - 1
-                        qh = 0
-                    queue[(qh + qn) & qmask] = q
-                    qn += 1
+                    queue, qh, qn = _ring_push(queue, qh, qn, q)
+                    qmask = queue.shape[0] - 1
         if size * res * res < limit_m2 and 2 * nsat >= size and size <= keep_max:
             for m in range(size):
                 p = members[m]

@@ -210,6 +210,15 @@ def _cubic_w(t: float) -> float:
     return 0.0
 
 
+@njit(cache=True, inline="always")
+def _cubic4(f: float):
+    """The four cubic-convolution weights (a = -0.5) of the taps at offsets -1, 0, 1, 2
+    for the fractional position ``f`` in [0, 1) (= :func:`_cubic_w` of 1 + f, f, 1 - f,
+    2 - f)."""
+    return (((-0.5 * f + 1.0) * f - 0.5) * f, (1.5 * f - 2.5) * f * f + 1.0,
+            ((-1.5 * f + 2.0) * f + 0.5) * f, (0.5 * f - 0.5) * f * f)
+
+
 @njit(cache=True)
 def _finish(acc, nodata, has_nodata, lo, hi):
     """Rounded half up, clamped to [lo, hi], moved off the nodata value by one (GDAL)."""
@@ -321,14 +330,8 @@ def _resample(src, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi, sx, s
                         continue
                     if kind == 2 and ix >= 1 and iy >= 1 and ix + 2 < snx and iy + 2 < sny:
                         # interior 4x4: plain cubic unless a pixel is nodata
-                        w0 = ((-0.5 * fx + 1.0) * fx - 0.5) * fx
-                        w1 = (1.5 * fx - 2.5) * fx * fx + 1.0
-                        w2 = ((-1.5 * fx + 2.0) * fx + 0.5) * fx
-                        w3 = (0.5 * fx - 0.5) * fx * fx
-                        wy[0] = ((-0.5 * fy + 1.0) * fy - 0.5) * fy
-                        wy[1] = (1.5 * fy - 2.5) * fy * fy + 1.0
-                        wy[2] = ((-1.5 * fy + 2.0) * fy + 0.5) * fy
-                        wy[3] = (0.5 * fy - 0.5) * fy * fy
+                        w0, w1, w2, w3 = _cubic4(fx)
+                        wy[0], wy[1], wy[2], wy[3] = _cubic4(fy)
                         acc = 0.0
                         ok = True
                         for p in range(4):
@@ -447,14 +450,8 @@ def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi
                         inner[t] = (kind == 2 and ix >= 1 and iy >= 1 and ix + 2 < snx and
                                     iy + 2 < sny)
                         if inner[t]:
-                            cw[t, 0] = ((-0.5 * fx + 1.0) * fx - 0.5) * fx
-                            cw[t, 1] = (1.5 * fx - 2.5) * fx * fx + 1.0
-                            cw[t, 2] = ((-1.5 * fx + 2.0) * fx + 0.5) * fx
-                            cw[t, 3] = (0.5 * fx - 0.5) * fx * fx
-                            cw[t, 4] = ((-0.5 * fy + 1.0) * fy - 0.5) * fy
-                            cw[t, 5] = (1.5 * fy - 2.5) * fy * fy + 1.0
-                            cw[t, 6] = ((-1.5 * fy + 2.0) * fy + 0.5) * fy
-                            cw[t, 7] = (0.5 * fy - 0.5) * fy * fy
+                            cw[t, 0], cw[t, 1], cw[t, 2], cw[t, 3] = _cubic4(fx)
+                            cw[t, 4], cw[t, 5], cw[t, 6], cw[t, 7] = _cubic4(fy)
                         wxs[t, 0] = 1.0 - fx
                         wxs[t, 1] = fx
                         wys[t, 0] = 1.0 - fy
