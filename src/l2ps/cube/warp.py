@@ -211,6 +211,18 @@ def _cubic_w(t: float) -> float:
 
 
 @njit(cache=True, inline="always")
+def _mesh_row(mu, mv, a, b, fa, inv):
+    """Source position (uL, vL) at the left node column ``b`` of mesh cell row ``a``,
+    ``fa`` of the way down, and its change (du, dv) per target pixel along the row
+    (``inv`` = 1 / mesh step): u and v are linear in the column inside a cell."""
+    uL = (1.0 - fa) * mu[a, b] + fa * mu[a + 1, b]
+    uR = (1.0 - fa) * mu[a, b + 1] + fa * mu[a + 1, b + 1]
+    vL = (1.0 - fa) * mv[a, b] + fa * mv[a + 1, b]
+    vR = (1.0 - fa) * mv[a, b + 1] + fa * mv[a + 1, b + 1]
+    return uL, (uR - uL) * inv, vL, (vR - vL) * inv
+
+
+@njit(cache=True, inline="always")
 def _cubic4(f: float):
     """The four cubic-convolution weights (a = -0.5) of the taps at offsets -1, 0, 1, 2
     for the fractional position ``f`` in [0, 1) (= :func:`_cubic_w` of 1 + f, f, 1 - f,
@@ -290,12 +302,7 @@ def _resample(src, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi, sx, s
                 gj = j + c0
                 b = gj // step
                 # along this row inside mesh cell b, u and v are linear in the column
-                uL = (1.0 - fa) * mu[a, b] + fa * mu[a + 1, b]
-                uR = (1.0 - fa) * mu[a, b + 1] + fa * mu[a + 1, b + 1]
-                vL = (1.0 - fa) * mv[a, b] + fa * mv[a + 1, b]
-                vR = (1.0 - fa) * mv[a, b + 1] + fa * mv[a + 1, b + 1]
-                du = (uR - uL) * inv
-                dv = (vR - vL) * inv
+                uL, du, vL, dv = _mesh_row(mu, mv, a, b, fa, inv)
                 jend = min(nx, (b + 1) * step - c0)
                 for jj in range(j, jend):
                     k = jj + c0 - b * step
@@ -409,12 +416,7 @@ def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi
                 while j < j1:
                     gj = j + c0
                     b = gj // step
-                    uL = (1.0 - fa) * mu[a, b] + fa * mu[a + 1, b]
-                    uR = (1.0 - fa) * mu[a, b + 1] + fa * mu[a + 1, b + 1]
-                    vL = (1.0 - fa) * mv[a, b] + fa * mv[a + 1, b]
-                    vR = (1.0 - fa) * mv[a, b + 1] + fa * mv[a + 1, b + 1]
-                    du = (uR - uL) * inv
-                    dv = (vR - vL) * inv
+                    uL, du, vL, dv = _mesh_row(mu, mv, a, b, fa, inv)
                     jend = min(j1, (b + 1) * step - c0)
                     for jj in range(j, jend):
                         t = jj - j0
