@@ -418,26 +418,6 @@ def _new_chunk(pool, cnext, free, nalloc):
 
 
 @njit(cache=True, inline="always")
-def _bucket_push(pool, cnext, free, nalloc, hc, hp, tc, tp, v, item):
-    """Append ``item`` to bucket ``v`` of the chunked bucket queue (head chunk/position
-    ``hc``/``hp``, tail ``tc``/``tp``; a new chunk when the tail is full or the bucket
-    empty). Returns (pool, cnext, free, nalloc)."""
-    if tc[v] == -1 or tp[v] == _CHUNK:
-        pool, cnext, c, free, nalloc = _new_chunk(pool, cnext, free, nalloc)
-        cnext[c] = -1
-        if tc[v] == -1:
-            hc[v] = c
-            hp[v] = 0
-        else:
-            cnext[tc[v]] = c
-        tc[v] = c
-        tp[v] = 0
-    pool[tc[v] * _CHUNK + tp[v]] = item
-    tp[v] += 1
-    return pool, cnext, free, nalloc
-
-
-@njit(cache=True, inline="always")
 def _ring_push(ring, rh, rn, item):
     """Append ``item`` to the FIFO ring ``ring`` (power-of-two size; head ``rh``, length
     ``rn``), doubling it (unrolled to head 0) when full. Returns (ring, rh, rn)."""

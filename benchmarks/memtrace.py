@@ -1,0 +1,106 @@
+"""Memory timeline of one `l2ps level2` run: RSS sampled every 20 ms, with stage marks.
+
+    .venv/bin/python benchmarks/memtrace.py IMAGE PRM [--threads N] [--out trace.json]
+
+Prints, per stage, the RSS at its start and end and the highest RSS sampled inside it, so
+that the process's peak can be put on a stage (the record's ``peak_rss_mb`` is the
+running maximum, which cannot say where the peak was reached). Runs in-process: the
+sampler is a thread reading /proc/self/statm; the stage marks come from wrapping
+``l2ps.pipeline.StageTimer.__call__``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 2**20
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("image")
+    ap.add_argument("prm")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the samples and marks as JSON")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(a.threads))
+    os.environ.setdefault("GDAL_NUM_THREADS", str(a.threads))
+
+    t0 = time.perf_counter()
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            samples.append((time.perf_counter() - t0, _rss_mib()))
+            time.sleep(0.02)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    samples.append((0.0, _rss_mib()))
+
+    from l2ps import pipeline
+    from l2ps.cli import main as cli_main
+
+    marks: list[tuple[str, float, float]] = []
+    orig = pipeline.StageTimer.__call__
+
+    @contextmanager
+    def traced(self, name):
+        s = time.perf_counter() - t0
+        with orig(self, name):
+            yield
+        marks.append((name, s, time.perf_counter() - t0))
+
+    pipeline.StageTimer.__call__ = traced
+
+    from l2ps.clouds import detect            # the cloud stage's sub-stages, "clouds." + name
+    orig_lap = detect._lap
+
+    def lap(stats, name, t_start):
+        orig_lap(stats, name, t_start)
+        marks.append(("  clouds." + name, t_start[0] - t0, time.perf_counter() - t0))
+
+    detect._lap = lap
+    t_import = time.perf_counter() - t0
+    rc = cli_main(["level2", a.image, a.prm, "--no-queue", "--threads", str(a.threads)])
+    stop.set()
+    th.join()
+    end = time.perf_counter() - t0
+
+    def at(t):
+        best = samples[0][1]
+        for ts, v in samples:
+            if ts > t:
+                break
+            best = v
+        return best
+
+    def peak(s, e):
+        vals = [v for ts, v in samples if s <= ts <= e]
+        return max(vals) if vals else at(s)
+
+    print(f"imports done at {t_import:.1f} s, RSS {at(t_import):.0f} MiB")
+    print(f"{'stage':24s} {'start':>7s} {'end':>7s} {'RSS in':>8s} {'RSS out':>8s} {'max':>8s}")
+    for name, s, e in sorted(marks, key=lambda m: m[1]):
+        print(f"{name:24s} {s:7.1f} {e:7.1f} {at(s):8.0f} {at(e):8.0f} {peak(s, e):8.0f}")
+    gpk = max(samples, key=lambda x: x[1])
+    print(f"process peak {gpk[1]:.0f} MiB at {gpk[0]:.1f} s of {end:.1f} s")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"samples": samples, "marks": marks}, f)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
