@@ -141,7 +141,7 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         raise ProcessingError(f"{level1.source}: no valid pixel in the image")
     with timer("clouds"):
         from .clouds import detect_clouds
-        clouds = detect_clouds(scene, params)
+        clouds = detect_clouds(scene, params, release_bands=True)
     for name, seconds in (clouds.stats.get("timings") or {}).items():
         timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
     scene.extra.pop("cloud_objects", None)     # diagnostics only; a full-size int32 array

@@ -377,7 +377,7 @@ def work_grid(scene: Scene) -> Grid:
     return scene.grid
 
 
-def detect_clouds(scene: Scene, params) -> CloudResult:
+def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> CloudResult:
     """Clouds, cloud shadows, snow and water (spec 01 §6): sets the QAI bits 1–5 of
     ``scene.qai`` in place and returns the covers and the frame decision. The result is
     also kept in ``scene.extra["clouds"]``; the cloud objects of the shadow matching in
@@ -392,7 +392,13 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
     ``dem`` (m) and ``slope`` (rad) on the processing grid; without it the ground is flat at
     0 m. ``stats["timings"]``: wall s per sub-stage (potential, probability | parallax,
     objects, shadow_probability, shadow_matching, finalize, total); ``stats["cpu_timings"]``: the
-    same in CPU s of the process (all threads)."""
+    same in CPU s of the process (all threads).
+
+    ``release_bands``: drop TEMP and CIRRUS from ``scene.toa`` as soon as this stage is done
+    with them (the pipeline's choice: no later stage reads them), i.e. before the shadow
+    floods, the stage's memory peak: the cirrus test is made right after the cloud
+    probability and the object pixels' temperatures are gathered (−0.2 GB for a Landsat
+    scene)."""
     t_all = _now()
     timings: dict[str, float] = {}
     stats: dict = {"timings": timings}
@@ -411,6 +417,21 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
         bands["TEMP"] = _band_on(scene, "TEMP", work)
     bits = _work_bits(scene.qai, qgrid, work)
     slope_code, dem = _topography(scene, work)
+    cirrus = None
+
+    def cirrus_test():
+        """The cirrus candidates (finalisation; they read only the OFF and SNOW bits, set
+        by now), then the CIRRUS band is released."""
+        nonlocal cirrus
+        if cirrus is not None or "CIRRUS" not in scene.toa:
+            return
+        z = None
+        if dem is not None:
+            z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
+        cirrus = cirrus_candidates(_band_on(scene, "CIRRUS", work), bits, z)
+        if release_bands:
+            bands.pop("CIRRUS", None)
+            scene.toa.pop("CIRRUS", None)
     vprob = P.potential_cloud(bands, bits, slope_code)
     for d in ("BLUE", "GREEN", "RED"):     # Sentinel-2: 20 m copies of the 10 m bands
         del bands[d]
@@ -451,6 +472,7 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
             lowtemp, hightemp = st["lowtemp"], st["hightemp"]
             stats["probability"] = st
         del vprob
+        cirrus_test()
         _and_valid(cloud, bits)
         stats["saturated_objects_dropped"] = drop_saturated_specks(cloud, bits, work.res)
         ncloud = int(np.count_nonzero(cloud))
@@ -488,6 +510,12 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
                     labels, n = split_objects(labels, n, inplace=True)
                 pix, start = object_pixels(labels, n)
                 del labels
+                tpix = None
+                if has_temp:        # per object pixel, so that TEMP can go before the floods
+                    tpix = bands["TEMP"].ravel()[pix]
+                    if release_bands:
+                        del bands["TEMP"]
+                        scene.toa.pop("TEMP", None)
                 stats["objects"] = {"all": n_all, "kept": n_kept, "after_split": n}
                 _lap(stats, "objects", t0)
                 t0 = _now()
@@ -505,9 +533,9 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
                     cloud, pix, start, n, dark, bits, res=work.res, crow=crow, ccol=ccol, fx=fx,
                     fy=fy, base_step=_base_step(scene.geometry),
                     shadow_threshold=float(params.shadow_threshold),
-                    temp=bands.get("TEMP") if has_temp else None, lowtemp=lowtemp,
+                    temp=tpix, lowtemp=lowtemp,
                     hightemp=hightemp, slope_zero=None if slope_code is None else slope_code == 0)
-                del dark
+                del dark, tpix
                 per_object = st.pop("per_object", None)
                 scene.extra["cloud_objects"] = {"pix": pix, "start": start, "n": n,
                                                 "work_grid": work, **(per_object or {})}
@@ -528,12 +556,9 @@ def detect_clouds(scene: Scene, params) -> CloudResult:
 
     # ---------------------------------------------------------------- finalisation
     t0 = _now()
-    cirrus = None
-    if "CIRRUS" in scene.toa:
-        z = None
-        if dem is not None:
-            z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
-        cirrus = cirrus_candidates(_band_on(scene, "CIRRUS", work), bits, z)
+    cirrus_test()
+    if release_bands:
+        scene.toa.pop("TEMP", None)
     gmap = GridMap(work, qgrid)
     cnt = finalize(scene.qai, gmap, bits, cloud, None if forced else shadow, cirrus,
                    cloud_buffer=float(params.cloud_buffer),

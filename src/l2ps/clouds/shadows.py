@@ -380,7 +380,8 @@ def _is_inner(cloud, r, c):
 @njit(cache=True)
 def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, cloud):
     """(basetemp, base_min, base_max) of one object (spec 01 §6.6 step 4); fills tk with its
-    temperatures clamped at basetemp (K×100). basetemp: the CORE_QUANTILE of the
+    temperatures clamped at basetemp (K×100); ``temp[m]`` is the temperature of the object's
+    pixel (pr[m], pc[m]). basetemp: the CORE_QUANTILE of the
     temperatures of the object's inner pixels (≥ CORE_DEPTH px from the cloud edge, not
     mixed with the warm ground), i.e. the warmest opaque layer of the object, whose
     height is then ``base``; colder layers rise by the wet lapse rate. Objects without inner
@@ -392,7 +393,7 @@ def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, cloud):
     nin = 0
     for m in range(n):
         if _is_inner(cloud, pr[m], pc[m]):
-            vals[nin] = temp[pr[m], pc[m]]
+            vals[nin] = temp[m]
             nin += 1
     if nin >= 3:
         v = np.sort(vals[:nin])
@@ -404,14 +405,14 @@ def _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk, cloud):
         rad = math.sqrt(n / math.pi)
         core = ((rad - 8.0) / rad) ** 2 if rad > 8.0 else 0.0
         for m in range(n):
-            vals[m] = temp[pr[m], pc[m]]
+            vals[m] = temp[m]
         vals.sort()
         idx = np.float64(np.float32(core)) * (n - 1)
         k0 = int(math.floor(idx))
         k1 = min(k0 + 1, n - 1)
         basetemp = vals[k0] + (idx - k0) * (vals[k1] - vals[k0])
     for m in range(n):
-        t = np.float64(temp[pr[m], pc[m]])
+        t = np.float64(temp[m])
         tk[m] = basetemp if t > basetemp else t
     bmin = max(BASE_MIN, (lowtemp - 400.0 - basetemp) / LAPSE_DRY)
     bmax = min(BASE_MAX, (hightemp + 400.0 - basetemp) / LAPSE_REDUCED)
@@ -442,8 +443,8 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
             pr[m] = p // nx_img
             pc[m] = p - pr[m] * nx_img
         tk = np.zeros(n, np.float64)
-        basetemp, bmin, bmax = _object_setup(pr, pc, temp, has_temp, lowtemp, hightemp, tk,
-                                             cloud)
+        basetemp, bmin, bmax = _object_setup(pr, pc, temp[a:b], has_temp, lowtemp, hightemp,
+                                             tk, cloud)
         stride = (n + max_samples - 1) // max_samples
         best_sum = 0
         bbase = -1.0
@@ -563,7 +564,8 @@ def shadow_matching(cloud: np.ndarray, pix: np.ndarray, start: np.ndarray, nobj:
     ``crow``/``ccol``: coarse-cell row per image row and column per image column;
     ``fx``/``fy``: per coarse cell, the column/row shift (pixels) per metre of cloud height
     (parallax toward the sensor minus shadow cast away from the sun). ``base_step``: height
-    step (m). ``temp``: BT (K×100) for the thermal height model (Landsat), or None.
+    step (m). ``temp``: BT (K×100) for the thermal height model (Landsat) per object pixel
+    (aligned with ``pix``: ``band.ravel()[pix]``), or None.
     ``slope_zero``: bool, slope code == 0 (None: flat everywhere). stats["per_object"]:
     arrays (index = label) of the chosen base height (m, −1 none), its match, the share
     (×10000) of the visible projected samples darkened by ≥ REL_PIXEL and the size."""
@@ -574,7 +576,7 @@ def shadow_matching(cloud: np.ndarray, pix: np.ndarray, start: np.ndarray, nobj:
         return shadow, stats
     sizes = np.diff(start)              # sizes[k] = pixels of object k (k = 1..nobj)
     has_temp = temp is not None
-    t = temp if has_temp else np.zeros((1, 1), np.int16)
+    t = np.ascontiguousarray(temp) if has_temp else np.zeros(1, np.int16)
     has_slope = slope_zero is not None
     s0 = slope_zero if has_slope else np.zeros((1, 1), np.bool_)
     thr = np.int64(round(shadow_threshold * 10000.0))
