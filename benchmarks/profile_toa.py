@@ -352,8 +352,8 @@ def run(sensor: str, stop_after: str | None = None) -> dict:
     _timed(cube_write, "_data_window", "cube.data_window")
     from l2ps.clouds import detect as cdet
     for fn in ("shadow_probability", "shadow_matching", "finalize", "cloud_probability",
-               "cloud_parallax", "split_objects", "grow_clouds", "label8",
-               "remove_small_objects", "buffer_disk", "smoothed_broadnir"):
+               "cloud_parallax", "split_object_lists", "grow_clouds", "components8",
+               "drop_small_objects", "buffer_disk", "smoothed_broadnir"):
         _timed(cdet, fn, f"clouds.{fn}")
     from l2ps.clouds import potential as cpot
     _timed(cpot, "potential_cloud", "clouds.potential_cloud")

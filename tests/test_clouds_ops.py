@@ -9,9 +9,9 @@ from scipy import ndimage
 from l2ps import qai as Q
 from l2ps.clouds import cloud_distance, erase_clouds
 from l2ps.clouds.finalize import GridMap, bin_centre_elevation_km, finalize
-from l2ps.clouds.morphology import (buffer_disk, disk_footprint, distance_transform,
-                                    label8, majority_fill,
-                                    remove_small_objects, split_objects)
+from l2ps.clouds.morphology import (buffer_disk, components8, disk_footprint,
+                                    distance_transform, drop_small_objects, majority_fill,
+                                    split_object_lists)
 from l2ps.clouds.stats import quantile_float, quantile_int16
 from l2ps.grid import Grid
 
@@ -143,16 +143,29 @@ def test_split_objects_at_a_neck():
     b = (yy - 20) ** 2 + (xx - 52) ** 2 <= 144
     bridge = (abs(yy - 20) <= 1) & (xx >= 15) & (xx <= 52)
     m = a | b | bridge
-    lab, n = label8(m)
+    pix, start, n = components8(m)
     assert n == 1
-    out, k = split_objects(lab, n)
+    pix, start, k = split_object_lists(pix, start, n, m.shape)
     assert k == 2
+    out = _label_image(pix, start, k, m.shape)
     assert ((out > 0) == m).all()
     assert out[20, 15] != out[20, 52]
     assert np.mean(out[a] == out[20, 15]) > 0.9 and np.mean(out[b] == out[20, 52]) > 0.9
-    lab1, n1 = label8(a)
-    out1, k1 = split_objects(lab1, n1)
-    assert k1 == 1 and ((out1 > 0) == a).all()
+    pix1, start1, n1 = components8(a)
+    pix1, start1, k1 = split_object_lists(pix1, start1, n1, a.shape)
+    assert k1 == 1 and ((_label_image(pix1, start1, k1, a.shape) > 0) == a).all()
+
+
+def _label_image(pix, start, n, shape):
+    """Label image (0 background, 1..n) of the pixel lists; fails if the lists overlap."""
+    lab = np.zeros(shape, np.int32)
+    flat = lab.reshape(-1)
+    for k in range(1, n + 1):
+        p = pix[start[k]:start[k + 1]]
+        assert p.size > 0 and (np.diff(p) > 0).all()       # raster order, no repeats
+        assert (flat[p] == 0).all()
+        flat[p] = k
+    return lab
 
 
 # ----------------------------------------------------------------------------- labels
@@ -176,23 +189,28 @@ def _bfs_labels(m):
     return lab, n
 
 
-def test_label8_raster_order_and_small_object_removal():
+def test_components_raster_order_and_small_object_removal():
     rng = np.random.default_rng(5)
     m = rng.random((50, 40)) > 0.8
-    lab, n = label8(m)
+    pix, start, n = components8(m)
     ref, nref = _bfs_labels(m)
-    assert n == nref and (lab == ref).all()
+    assert n == nref and (_label_image(pix, start, n, m.shape) == ref).all()
     mm = m.copy()
-    lab2, k = remove_small_objects(mm, lab, n, 3)
+    pix, start, k = drop_small_objects(pix, start, n, 3, mask=mm)
     sizes = np.bincount(ref.ravel())
-    assert k == int((sizes[1:] >= 3).sum())
-    assert (mm == (m & (sizes[ref] >= 3))).all()
-    assert set(np.unique(lab2)) == set(range(k + 1))
+    big = sizes >= 3
+    big[0] = False
+    assert k == int(big[1:].sum())
+    assert (mm == (m & big[ref])).all()
+    # the kept objects in their previous order, renumbered 1..k
+    lut = np.zeros(n + 1, np.int32)
+    lut[big] = np.arange(1, k + 1)
+    assert (_label_image(pix, start, k, m.shape) == lut[ref]).all()
     # pixel (0, 0) is not special (FORCE clears it)
     z = np.zeros((4, 4), bool)
     z[0:2, 0:2] = True
-    lab, n = label8(z)
-    _, k = remove_small_objects(z, lab, n, 3)
+    pix, start, n = components8(z)
+    _, _, k = drop_small_objects(pix, start, n, 3, mask=z)
     assert z[0, 0] and k == 1
 
 
@@ -392,19 +410,34 @@ def test_mark_beyond_equals_distance_threshold():
         assert ((bits & 127) == before).all()
 
 
-def test_in_place_relabel_and_split_equal_the_copies():
-    rng = np.random.default_rng(13)
-    m = ndimage.binary_dilation(rng.random((120, 110)) < 0.01, iterations=4)
-    m |= ndimage.binary_dilation(rng.random((120, 110)) < 0.002, iterations=9)
-    m[rng.random(m.shape) < 0.01] = True           # specks for the removal
-    lab, n = label8(m)
-    m1, m2 = m.copy(), m.copy()
-    ref, k = remove_small_objects(m1, lab.copy(), n, 3)
-    got, k2 = remove_small_objects(m2, lab, n, 3, inplace=True)
-    assert got is lab and k == k2 and (got == ref).all() and (m1 == m2).all()
-    sref, sk = split_objects(ref, k)
-    sgot, sk2 = split_objects(got, k, inplace=True)
-    assert sgot is got and sk == sk2 and (sgot == sref).all() and sk > k
+@pytest.mark.parametrize("seed", [13, 14, 15])
+def test_components_equal_scipy_and_the_split_partitions_each_object(seed):
+    """components8 (union-find over runs) numbers and fills the objects exactly as
+    scipy.ndimage.label with an 8-neighbourhood; split_object_lists cuts every object into
+    disjoint pieces that cover it, in object order, and leaves the small ones whole."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(60, 130)), int(rng.integers(60, 130)))
+    m = ndimage.binary_dilation(rng.random(shape) < 0.01, iterations=4)
+    m |= ndimage.binary_dilation(rng.random(shape) < 0.002, iterations=9)
+    m[rng.random(shape) < 0.01] = True           # specks for the removal
+    m[:, -1] |= rng.random(shape[0]) < 0.5       # objects on the image border
+    ref, nref = ndimage.label(m, structure=np.ones((3, 3), bool))
+    pix, start, n = components8(m)
+    assert n == nref and (_label_image(pix, start, n, shape) == ref).all()
+    pix, start, k = drop_small_objects(pix, start, n, 3)
+    kept = _label_image(pix, start, k, shape)
+    spix, sstart, sk = split_object_lists(pix.copy(), start, k, shape)
+    pieces = _label_image(spix, sstart, sk, shape)
+    assert ((pieces > 0) == (kept > 0)).all() and sk > k
+    # each piece lies inside one object, the objects' pieces come in object order
+    owner = [int(np.unique(kept[pieces == j])[0]) for j in range(1, sk + 1)]
+    assert all(len(np.unique(kept[pieces == j])) == 1 for j in range(1, sk + 1))
+    assert owner == sorted(owner) and set(owner) == set(range(1, k + 1))
+    sizes = np.diff(start)[1:]
+    # a core pixel (distance ≥ 3 to the background) needs ≥ 9 object pixels around it
+    # (9 in an image corner, 29 inside), so smaller objects are never split
+    for obj in np.flatnonzero(sizes < 9) + 1:
+        assert owner.count(int(obj)) == 1
 
 
 def test_shadow_floods_equal_the_fill_of_the_prepared_bands():

@@ -213,3 +213,24 @@ def test_sentinel2_geometry_real(tmp_path):
         vz = geo.view_zenith_at(l1.grid)
         np.testing.assert_array_equal(Q.is_nodata(qai), np.isnan(vz))
         assert 0.05 < Q.is_nodata(qai).mean() < 0.5
+
+
+def test_valid_extent_matches_numpy_on_masks_and_qai():
+    """The footprint corners come from per-row/column first and last valid pixels computed
+    without full-size temporaries; they must equal numpy's flatnonzero on the valid mask,
+    for a boolean mask and for a QAI whose other bits are random."""
+    from l2ps.geometry import _extent
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        ny, nx = (int(v) for v in rng.integers(1, 30, 2))
+        valid = rng.random((ny, nx)) < rng.random()
+        other = rng.integers(0, 2 ** 15, (ny, nx)).astype(np.uint16) & np.uint16(0xFFFE)
+        qai = np.where(valid, 0, 1).astype(np.uint16) | other
+        for a in (valid, qai):
+            rf, rl, cf, cl = _extent(a)
+            for i in range(ny):
+                nz = np.flatnonzero(valid[i])
+                assert (rf[i], rl[i]) == ((nz[0], nz[-1]) if nz.size else (-1, -1))
+            for j in range(nx):
+                nz = np.flatnonzero(valid[:, j])
+                assert (cf[j], cl[j]) == ((nz[0], nz[-1]) if nz.size else (-1, -1))

@@ -339,16 +339,38 @@ def _lonlat(grid: Grid, x, y):
     return tr.transform(x, y)
 
 
-def _valid_from(qai_or_valid: np.ndarray) -> np.ndarray:
-    a = np.asarray(qai_or_valid)
-    if a.dtype == bool:
-        return a
-    return (a & 1) == 0
+@njit(cache=True)
+def _valid_extent(a, is_mask, rfirst, rlast, cfirst, clast):  # pragma: no cover
+    """Per row the first/last valid column, per column the first/last valid row (−1: none)
+    of a boolean valid mask (``is_mask``) or a QAI (valid: nodata bit 0 clear)."""
+    ny, nx = a.shape
+    for i in range(ny):
+        for j in range(nx):
+            v = (a[i, j] != 0) if is_mask else ((a[i, j] & 1) == 0)
+            if v:
+                if rfirst[i] < 0:
+                    rfirst[i] = j
+                rlast[i] = j
+                if cfirst[j] < 0:
+                    cfirst[j] = i
+                clast[j] = i
+
+
+def _extent(qai_or_valid: np.ndarray):
+    """(rfirst, rlast, cfirst, clast) of :func:`_valid_extent` (no full-size temporaries)."""
+    a = np.ascontiguousarray(qai_or_valid)
+    ny, nx = a.shape
+    ext = (np.full(ny, -1, np.int64), np.full(ny, -1, np.int64),
+           np.full(nx, -1, np.int64), np.full(nx, -1, np.int64))
+    is_mask = a.dtype == np.bool_
+    _valid_extent(a.view(np.uint8) if is_mask else a, is_mask, *ext)
+    return ext
 
 
 def landsat_view(level1_grid: Grid, valid: np.ndarray, coarse: Grid,
                  altitude: float = LANDSAT_ALTITUDE) -> tuple[np.ndarray, np.ndarray]:
     """View zenith/azimuth per coarse cell centre from the valid footprint (§3.3).
+    ``valid``: a boolean valid mask or the QAI (valid where the nodata bit is clear).
 
     Corners of the footprint from the raster scan (UL first valid pixel, UR first pixel of
     the rightmost column, LL last pixel of the leftmost column, LR last valid pixel); the
@@ -358,17 +380,18 @@ def landsat_view(level1_grid: Grid, valid: np.ndarray, coarse: Grid,
     """
     if valid.shape != level1_grid.shape:
         raise ValueError(f"valid mask shape {valid.shape} != grid shape {level1_grid.shape}")
-    rows_any = np.flatnonzero(valid.any(axis=1))
-    cols_any = np.flatnonzero(valid.any(axis=0))
+    rfirst, rlast, cfirst, clast = _extent(valid)
+    rows_any = np.flatnonzero(rfirst >= 0)
+    cols_any = np.flatnonzero(cfirst >= 0)
     if rows_any.size == 0:
         raise Level1Error("no valid pixel in the image (every pixel is nodata); cannot "
                           "derive the Landsat view geometry")
     rt, rb = rows_any[0], rows_any[-1]
     cmin, cmax = cols_any[0], cols_any[-1]
-    ul = (rt, np.flatnonzero(valid[rt])[0])
-    ur = (np.flatnonzero(valid[:, cmax])[0], cmax)
-    ll = (np.flatnonzero(valid[:, cmin])[-1], cmin)
-    lr = (rb, np.flatnonzero(valid[rb])[-1])
+    ul = (rt, rfirst[rt])
+    ur = (cfirst[cmax], cmax)
+    ll = (clast[cmin], cmin)
+    lr = (rb, rlast[rb])
     px = np.array([ul, ur, ll, lr], dtype=np.float64)
     xs, ys = level1_grid.xy(px[:, 0], px[:, 1])
     top = np.array([(xs[0] + xs[1]) / 2, (ys[0] + ys[1]) / 2])
@@ -427,7 +450,7 @@ def compute_geometry(level1, qai_or_valid_mask: np.ndarray | None = None) -> Geo
         if qai_or_valid_mask is None:
             raise ValueError("Landsat view geometry needs the QAI or a valid mask")
         try:
-            vz, va = landsat_view(grid, _valid_from(qai_or_valid_mask), coarse)
+            vz, va = landsat_view(grid, qai_or_valid_mask, coarse)
         except Level1Error as exc:
             raise Level1Error(f"{level1.source}: {exc}") from None
     return Geometry(coarse, sz.astype(np.float32), sa.astype(np.float32), vz, va,

@@ -19,10 +19,11 @@ from ..grid import Grid
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
-from .morphology import _ring_push, label8, label_sizes, mark_beyond, remove_small_objects, split_objects
+from .morphology import (_ring_push, components8, drop_small_objects, mark_beyond,
+                         split_object_lists)
 from .parallax import cloud_parallax, smoothed_broadnir, smoothed_broadnir_rows
 from .probability import cloud_probability
-from .shadows import MIN_OBJECT, mark_far, object_pixels, shadow_matching, shadow_probability
+from .shadows import MIN_OBJECT, mark_far, shadow_matching, shadow_probability
 
 FMASK_BANDS = ("BLUE", "GREEN", "RED", "NIR", "SWIR1", "SWIR2")
 MAX_CLOUD_HEIGHT = 12000.0      # m, for the shadow search distance (spec 01 §6.5)
@@ -251,14 +252,14 @@ def grow_clouds(cloud: np.ndarray, bits: np.ndarray, radius: int, min_px: int) -
     Returns the number of pixels added."""
     if radius <= 0 or not cloud.any():
         return 0
-    labels, n = label8(cloud)
-    size = label_sizes(labels, n)
+    pix, start, n = components8(cloud)
+    size = np.diff(start)[1:]               # pixels of objects 1..n
     big = size >= min_px
-    big[0] = False
-    seeds = big[labels]
-    del labels
-    if not seeds.any():
+    if not big.any():
         return 0
+    seeds = np.zeros(cloud.shape, np.bool_)
+    seeds.reshape(-1)[pix[np.repeat(big, size)]] = True
+    del pix, start
     far = np.zeros(cloud.shape, np.uint8)       # 1: farther than radius from the seeds
     mark_beyond(seeds, radius, far, 1)
     cand = np.empty(cloud.shape, np.bool_)
@@ -382,7 +383,7 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
     ``scene.qai`` in place and returns the covers and the frame decision. The result is
     also kept in ``scene.extra["clouds"]``; the cloud objects of the shadow matching in
     ``scene.extra["cloud_objects"]`` (diagnostics: ``pix``/``start``/``n`` of
-    :func:`~.shadows.object_pixels` — object k is the flat work-grid indices
+    :func:`~.morphology.components8` — object k is the flat work-grid indices
     pix[start[k]:start[k + 1]] — ``work_grid`` and the per-object arrays of
     :func:`~.shadows.shadow_matching`).
 
@@ -486,7 +487,8 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
                 # the small objects (spec 01 §6.5 precedes §6.6)
                 t0 = _now()
                 mark_far(bits, cloud, _maxdist(scene.geometry, work.res))
-                labels, n = label8(cloud)
+                # components as pixel lists (no full-size label image)
+                pix, start, n = components8(cloud)
                 n_all = n
                 rebuild = cdi_cloud is None
                 if rebuild:
@@ -494,22 +496,19 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
                     # after the removal of the small objects is the objects' support: it is
                     # dropped here and redrawn from the objects' pixel lists after the floods
                     del cloud
-                    labels, n = remove_small_objects(None, labels, n, MIN_OBJECT, inplace=True)
+                    pix, start, n = drop_small_objects(pix, start, n, MIN_OBJECT)
                 else:
-                    labels, n = remove_small_objects(cloud, labels, n, MIN_OBJECT, inplace=True)
+                    pix, start, n = drop_small_objects(pix, start, n, MIN_OBJECT, mask=cloud)
                 n_kept = n
                 if cdi_cloud is not None:
                     # the shadows are matched with the CDI objects (the growth can join
                     # clouds at different heights); the grown pixels still hide shadows
-                    del labels
-                    labels, n = label8(cdi_cloud & cloud)
-                    labels, n = remove_small_objects(cdi_cloud, labels, n, MIN_OBJECT,
-                                                     inplace=True)
+                    del pix, start
+                    pix, start, n = components8(cdi_cloud & cloud)
+                    pix, start, n = drop_small_objects(pix, start, n, MIN_OBJECT)
                     cdi_cloud = None
                 if SPLIT_OBJECTS:
-                    labels, n = split_objects(labels, n, inplace=True)
-                pix, start = object_pixels(labels, n)
-                del labels
+                    pix, start, n = split_object_lists(pix, start, n, work.shape)
                 tpix = None
                 if has_temp:        # per object pixel, so that TEMP can go before the floods
                     tpix = bands["TEMP"].ravel()[pix]

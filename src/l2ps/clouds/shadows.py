@@ -516,38 +516,6 @@ def _match_objects(objs, start, pix, nx_img, temp, has_temp, lowtemp, hightemp, 
         best_rel[k] = brel
 
 
-@njit(cache=True)
-def _object_pixels(labels, n):
-    """Flat indices (int32) of the pixels of objects 1..n grouped by object, each in raster order,
-    and the offsets (n + 2 entries; object k is pix[start[k]:start[k+1]])."""
-    ny, nx = labels.shape
-    count = np.zeros(n + 2, np.int64)
-    for i in range(ny):
-        for j in range(nx):
-            lab = labels[i, j]
-            if lab > 0:
-                count[lab + 1] += 1
-    start = np.zeros(n + 2, np.int64)
-    for k in range(1, n + 2):
-        start[k] = start[k - 1] + count[k]
-    fill = start.copy()
-    pix = np.empty(start[n + 1], np.int32)      # flat index < 2^31 (≤ 46 340² pixels)
-    for i in range(ny):
-        for j in range(nx):
-            lab = labels[i, j]
-            if lab > 0:
-                pix[fill[lab]] = i * nx + j
-                fill[lab] += 1
-    return pix, start
-
-
-def object_pixels(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pix, start): flat indices (int32) of the pixels of the objects 1..n of ``labels``
-    grouped by object, each in raster order; object k is pix[start[k]:start[k + 1]]. The
-    label image can be dropped afterwards."""
-    return _object_pixels(np.ascontiguousarray(labels), int(n))
-
-
 def shadow_matching(cloud: np.ndarray, pix: np.ndarray, start: np.ndarray, nobj: int,
                     dark: np.ndarray, bits: np.ndarray, *, res: float, crow: np.ndarray,
                     ccol: np.ndarray, fx: np.ndarray, fy: np.ndarray, base_step: float,
@@ -559,7 +527,7 @@ def shadow_matching(cloud: np.ndarray, pix: np.ndarray, start: np.ndarray, nobj:
     listed in the module docstring).
 
     ``pix``/``start``/``nobj``: the pixels of the 8-connected cloud objects of ≥ 3 pixels
-    (1..nobj) from :func:`object_pixels` (every object pixel is a ``cloud`` pixel).
+    (1..nobj) from :func:`~.morphology.components8` (every object pixel is a ``cloud`` pixel).
     ``dark``: packed fill depth and DARK_BIT of :func:`shadow_probability`.
     ``crow``/``ccol``: coarse-cell row per image row and column per image column;
     ``fx``/``fy``: per coarse cell, the column/row shift (pixels) per metre of cloud height

@@ -583,6 +583,34 @@ def _nodata_where_zero(q, valid, nodata):  # pragma: no cover
                 q[i, j] = nodata
 
 
+@njit(cache=True, parallel=True)
+def _normalize_nodata(q, nodata):  # pragma: no cover
+    """q = ``nodata`` where its bit 0 (QAI nodata) is set (in place; no temporaries)."""
+    ny, nx = q.shape
+    for i in prange(ny):
+        for j in range(nx):
+            if q[i, j] & 1:
+                q[i, j] = nodata
+
+
+#: rows per strip of :func:`mark_no_band_valid` (its uint8 buffer: rows × columns)
+_MARK_ROWS = 512
+
+
+def mark_no_band_valid(q: np.ndarray, bands: list[np.ndarray], nodata) -> None:
+    """QAI ``q`` = nodata (1) where every one of ``bands`` (on q's grid) is ``nodata``, in
+    place, strip by strip (a uint8 buffer of _MARK_ROWS rows; no full-size temporaries)."""
+    ny, nx = q.shape
+    buf = np.empty((min(_MARK_ROWS, ny), nx), dtype=np.uint8)
+    for r0 in range(0, ny, _MARK_ROWS):
+        r1 = min(r0 + _MARK_ROWS, ny)
+        b = buf[:r1 - r0]
+        b[:] = 0
+        for band in bands:
+            _or_valid(band[r0:r1], float(nodata), b)
+        _nodata_where_zero(q[r0:r1], b, qai_mod.QAI_NODATA)
+
+
 def any_valid(bands: list[np.ndarray], nodata) -> np.ndarray:
     """uint8 mask: 1 where any of ``bands`` (same shape) is not ``nodata``. One pass per
     band (a typed list of arrays indexed per pixel inside a kernel costs ~40x more)."""
@@ -678,7 +706,7 @@ def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
             product.bands[i] = None
     if product.name == "QAI":
         for b in out_bands:
-            qai_mod.normalize_nodata(b)
+            _normalize_nodata(b, qai_mod.QAI_NODATA)
     return replace(product, bands=out_bands, grids=[target] * product.nbands)
 
 
@@ -859,8 +887,12 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
     band is valid exactly where the source pixel containing the target pixel centre is
     valid (for every resampling, :func:`_resample`), so this mask is the nearest-neighbour
     warp of "any band valid" per source grid, ANDed over the grids. The source arrays
-    must stay unchanged while the returned products are used. ``release_qai``: drop the
-    QAI product's reference to its source band once it is warped (in place; memory)."""
+    must stay unchanged while the returned products are used. ``release_qai``: the caller
+    hands the source QAI over: when every BOA/TOA band is on the QAI's grid, the source
+    QAI is first set to nodata where no band is valid (in place, strip by strip: the
+    same result without the two full-size masks), on the target grid itself it becomes
+    the warped QAI without a copy, and the QAI product's reference to its source band is
+    dropped once it is warped (in place; memory)."""
     clock = clock or (lambda name: contextlib.nullcontext())
     meshes: dict[Grid, tuple] = {}
 
@@ -871,11 +903,23 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
 
     with _numba_threads(num_threads), clock("warp"):
         qai_p = next(p for p in products if p.name == "QAI")
-        q = warp_product(qai_p, target, num_threads=num_threads).bands[0]
+        refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
+        has_refl = refl is not None and refl.nbands > 0
+        marked = (release_qai and isinstance(qai_p.bands, list) and has_refl
+                  and all(g == qai_p.grids[0] for g in refl.grids))
+        if marked:      # source and target QAI are nodata where no band is valid
+            mark_no_band_valid(qai_p.bands[0], list(refl.bands), refl.nodata)
+        src_q = qai_p.bands[0]
+        if (marked and qai_p.grids[0] == target and src_q.dtype == qai_mod.QAI_DTYPE
+                and src_q.flags.c_contiguous):
+            q = src_q                       # already on the target: no copy
+            _normalize_nodata(q, qai_mod.QAI_NODATA)
+        else:
+            q = warp_product(qai_p, target, num_threads=num_threads).bands[0]
+        del src_q
         if release_qai and isinstance(qai_p.bands, list):
             qai_p.bands[0] = None           # only the warped QAI is read from now on
-        refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
-        if refl is not None and refl.nbands:
+        if has_refl and not marked:
             # valid: 1 where the band of some source grid is valid (uint8, in place; no
             # boolean temporaries of the target's size)
             valid = None
