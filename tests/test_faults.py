@@ -518,3 +518,29 @@ def test_reprocessing_replaces_its_own_contribution(tmp_path, images, reference)
         with rasterio.open(p) as ds:
             contributors = ds.tags(ns="L2PS")["CONTRIBUTORS"].split(";")
         assert len(contributors) == len(set(contributors))
+
+
+def test_parked_bands_come_back_unchanged_and_leave_no_file(tmp_path):
+    """The bands parked in DIR_TEMP during the cloud stage are back with the same values
+    and order afterwards, also when the stage fails, and no file stays behind; a band
+    that cannot be written stays in memory."""
+    from types import SimpleNamespace
+
+    from l2ps.pipeline import _parked
+    rng = np.random.default_rng(3)
+    toa = {"ULTRABLUE": rng.integers(-100, 12000, (70, 90)).astype(np.int16),
+           "BLUE": rng.integers(-100, 12000, (70, 90)).astype(np.int16)}
+    ref = {k: v.copy() for k, v in toa.items()}
+    scene = SimpleNamespace(toa=toa)
+    with _parked(scene, ("ULTRABLUE", "MISSING"), tmp_path):
+        assert scene.toa["ULTRABLUE"] is None and len(list(tmp_path.iterdir())) == 1
+    assert list(scene.toa) == ["ULTRABLUE", "BLUE"] and not list(tmp_path.iterdir())
+    assert all(np.array_equal(scene.toa[k], ref[k]) and scene.toa[k].dtype == np.int16
+               for k in ref)
+    with pytest.raises(RuntimeError):
+        with _parked(scene, ("ULTRABLUE",), tmp_path):
+            raise RuntimeError("cloud stage failed")
+    assert np.array_equal(scene.toa["ULTRABLUE"], ref["ULTRABLUE"])
+    assert not list(tmp_path.iterdir())
+    with _parked(scene, ("ULTRABLUE",), tmp_path / "missing-dir"):   # cannot write: kept
+        assert np.array_equal(scene.toa["ULTRABLUE"], ref["ULTRABLUE"])

@@ -141,7 +141,9 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         raise ProcessingError(f"{level1.source}: no valid pixel in the image")
     with timer("clouds"):
         from .clouds import detect_clouds
-        clouds = detect_clouds(scene, params, release_bands=True)
+        # bands only a later stage reads wait on disk while the cloud stage has its peak
+        with _parked(scene, CLOUD_STAGE_PARKED.get(level1.mission, ()), params.dir_temp):
+            clouds = detect_clouds(scene, params, release_bands=True)
     for name, seconds in (clouds.stats.get("timings") or {}).items():
         timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
     scene.extra.pop("cloud_objects", None)     # diagnostics only; a full-size int32 array
@@ -220,6 +222,47 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                    "tiles_skipped_cloudy": dict(result.tiles_skipped_cloud),
                    "cubes": [c.name or "cube" for c in result.cubes]})
     return record
+
+
+#: Bands the cloud stage does not read but a later stage does, per mission, kept in a file
+#: of DIR_TEMP during the cloud stage: Landsat 8/9's ULTRABLUE (the AOD estimation's; 2
+#: bytes per pixel, −0.11 GB at the cloud stage's peak for a full scene; the Sentinel-2
+#: band is 60 m). Written and read back whole (≈ 0.1 s), so the values are unchanged.
+CLOUD_STAGE_PARKED = {"landsat": ("ULTRABLUE",)}
+
+
+@contextmanager
+def _parked(scene: Scene, domains: tuple[str, ...], directory: Path):
+    """Move ``scene.toa[d]`` of ``domains`` to .npy files in ``directory`` for the body of
+    the with-statement and back afterwards (also on errors; the files are removed). A band
+    that cannot be written stays in memory."""
+    import tempfile
+    parked: dict[str, Path] = {}
+    try:
+        for d in domains:
+            arr = scene.toa.get(d)
+            if arr is None:
+                continue
+            path = None
+            try:
+                fd, name = tempfile.mkstemp(prefix=f"l2ps-{d}-", suffix=".npy", dir=directory)
+                path = Path(name)
+                with open(fd, "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+            except OSError:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                continue
+            parked[d] = path
+            del arr
+            scene.toa[d] = None
+        yield
+    finally:
+        for d, path in parked.items():
+            try:
+                scene.toa[d] = np.load(path, allow_pickle=False)
+            finally:
+                path.unlink(missing_ok=True)
 
 
 def _drop_bands(scene: Scene, domains: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ from numba import njit, prange
 from scipy import ndimage
 
 from ..grid import Grid
+from ..level1.read import release_free_heap
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
@@ -509,6 +510,7 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
                     cdi_cloud = None
                 if SPLIT_OBJECTS:
                     pix, start, n = split_object_lists(pix, start, n, work.shape)
+                    release_free_heap()     # the split's many small arrays, before the floods
                 tpix = None
                 if has_temp:        # per object pixel, so that TEMP can go before the floods
                     tpix = bands["TEMP"].ravel()[pix]
