@@ -174,7 +174,10 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
     if level1.mission == "sentinel2" and params.res_merge != "NONE":
         with timer("resmerge"):
             from .resmerge import resolution_merge
-            record["res_merge"] = resolution_merge(scene, params.res_merge, nthreads=nthreads)
+            # BLUE is no predictor: on disk while the six 10 m bands are made (the peak)
+            with _parked(scene, ("BLUE",), params.dir_temp):
+                record["res_merge"] = resolution_merge(scene, params.res_merge,
+                                                       nthreads=nthreads)
     if params.file_aoi is not None:
         with timer("aoi"):
             from .cube import rasterize_aoi
@@ -228,6 +231,7 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
 #: of DIR_TEMP during the cloud stage: Landsat 8/9's ULTRABLUE (the AOD estimation's; 2
 #: bytes per pixel, −0.11 GB at the cloud stage's peak for a full scene; the Sentinel-2
 #: band is 60 m). Written and read back whole (≈ 0.1 s), so the values are unchanged.
+#: Likewise the Sentinel-2 BLUE band during the resolution merge (−0.23 GB at its peak).
 CLOUD_STAGE_PARKED = {"landsat": ("ULTRABLUE",)}
 
 
@@ -284,6 +288,17 @@ def _factor_hook(scene: Scene, params: Parameters):
     return hook
 
 
+def _nodata_where_qai(arrays: list[np.ndarray], qai: np.ndarray, block_rows: int = 512) -> None:
+    """In place: TOA_NODATA in ``arrays`` (on ``qai``'s grid) where QAI is nodata, in blocks
+    of rows (masks of a few MB instead of full-size uint16 and boolean temporaries)."""
+    for r0 in range(0, qai.shape[0], block_rows):
+        rows = slice(r0, min(r0 + block_rows, qai.shape[0]))
+        off = Q.get_flag(qai[rows], Q.NODATA)
+        if off.any():
+            for arr in arrays:
+                arr[rows][off] = TOA_NODATA
+
+
 def assemble_products(scene: Scene, params: Parameters,
                       reflectance: dict[str, np.ndarray] | None = None,
                       aod: np.ndarray | None = None,
@@ -297,7 +312,14 @@ def assemble_products(scene: Scene, params: Parameters,
     grid = scene.grid
     refl = toa if reflectance is None else reflectance
     resampling = RESAMPLING_NAMES[params.resampling]
-    nodata = Q.is_nodata(qai)
+    cache: dict = {}
+
+    def nodata_mask() -> np.ndarray:
+        """The full-size nodata mask, made only when a coarser band, VZN or HOT needs it."""
+        if "m" not in cache:
+            cache["m"] = Q.is_nodata(qai)
+        return cache["m"]
+
     out: list[Product] = [Product("QAI", [qai], [grid], ("QAI",), Q.QAI_NODATA, 1.0,
                                   resampling="nearest",
                                   description="Quality assurance information")]
@@ -310,11 +332,12 @@ def assemble_products(scene: Scene, params: Parameters,
     for d in names:
         arr = refl[d]
         g = scene.grids.get(d, level1.bands[d].grid)
-        # a coarser band's pixel is nodata when the QAI pixel under its centre is
-        m = nodata if arr.shape == qai.shape else resample_nearest(nodata, grid, g)
-        arr[m] = TOA_NODATA
+        if arr.shape != qai.shape:
+            # a coarser band's pixel is nodata when the QAI pixel under its centre is
+            arr[resample_nearest(nodata_mask(), grid, g)] = TOA_NODATA
         bands.append(arr)
         grids.append(g)
+    _nodata_where_qai([a for a in bands if a.shape == qai.shape], qai)
     from .bandinfo import wavelength
     product_name = "BOA" if params.do_atmo else "TOA"
     out.append(Product(product_name, bands, grids, names, TOA_NODATA, 10000.0,
@@ -324,7 +347,7 @@ def assemble_products(scene: Scene, params: Parameters,
                        else "Top-of-atmosphere reflectance"))
     if params.output_vzn:
         vzn = geometry.view_zenith_at(grid)
-        v = np.where(nodata, TOA_NODATA, np.trunc(vzn * 100)).astype(np.int16)
+        v = np.where(nodata_mask(), TOA_NODATA, np.trunc(vzn * 100)).astype(np.int16)
         out.append(Product("VZN", [v], [grid], ("VZN",), TOA_NODATA, 100.0,
                            resampling=resampling, description="View zenith"))
     if params.output_aod and aod is not None:
@@ -340,7 +363,7 @@ def assemble_products(scene: Scene, params: Parameters,
         if blue.shape == qai.shape and red.shape == qai.shape:
             # spec 02 §8.5: blue − 0.5·red − 800 on the ×10000 TOA, truncated toward zero
             hot = np.trunc(blue.astype(np.float32) - np.float32(0.5) * red - np.float32(800))
-            hot = np.where(nodata | (blue == TOA_NODATA) | (red == TOA_NODATA), TOA_NODATA,
+            hot = np.where(nodata_mask() | (blue == TOA_NODATA) | (red == TOA_NODATA), TOA_NODATA,
                            np.clip(hot, -32768, 32767)).astype(np.int16)
             out.append(Product("HOT", [hot], [grid], ("HOT",), TOA_NODATA, 10000.0,
                                resampling=resampling, description="Haze optimized transform"))
