@@ -152,14 +152,12 @@ def background_reflectance(rho0: np.ndarray, skip: np.ndarray, cloud: np.ndarray
     return background_inplace(rho0.copy(), mask, res_m, tau_a, tau_r)
 
 
-def background_from_qai(rho0: np.ndarray, qai: np.ndarray, res_m: float, tau_a: float,
-                        tau_r: float, own: bool = True) -> np.ndarray:
-    """As :func:`background_reflectance` with skip = QAI nodata or ρ0 nodata and cloud = QAI
-    cloud state > 0 (``qai`` on the band's grid); ``rho0`` is overwritten and returned
-    (``own``: see :func:`background_inplace`)."""
+def background_mask(rho0: np.ndarray, qai: np.ndarray) -> np.ndarray:
+    """The mask of :func:`background_inplace` from a QAI on ``rho0``'s grid: uint8, bit 0
+    skip (QAI nodata or ρ0 nodata), bit 1 cloud (QAI cloud state > 0)."""
     mask = np.empty(rho0.shape, np.uint8)
     _mask_kernel(rho0, qai, mask)
-    return background_inplace(rho0, mask, res_m, tau_a, tau_r, own)
+    return mask
 
 
 def background_inplace(rho: np.ndarray, mask: np.ndarray, res_m: float, tau_a: float,

@@ -37,7 +37,7 @@ from ..geometry import _weights
 from ..grid import Grid
 from ..scene import nearest_index
 from . import grid as G
-from .adjacency import background_from_qai, self_weight
+from .adjacency import background_inplace, background_mask, self_weight
 from .aerosol import fallback_spectrum
 from .constants import band_optics
 from .darktarget import retrieve_aod
@@ -559,7 +559,10 @@ def _background(scene, d, g, brt, dem, levels, zmean, wv_px, coarse):
     rho = _invert_band(scene, d, gb, brt, dem, levels, wv_px, coarse, None, False, None,
                        toa=toa_b, qai=qai_b)
     del toa_b
-    rho = background_from_qai(rho, qai_b, gb.res, tau_a, tau_r, own=False)
+    mask = background_mask(rho, qai_b)
+    del qai_b                       # before the three ring fields (memory)
+    rho = background_inplace(rho, mask, gb.res, tau_a, tau_r, own=False)
+    del mask
     if coarse_grid:
         rr = np.minimum(np.arange(g.ny) // 2, gb.ny - 1).astype(np.int64)
         cc = np.minimum(np.arange(g.nx) // 2, gb.nx - 1).astype(np.int64)
