@@ -430,7 +430,8 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
         z = None
         if dem is not None:
             z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
-        cirrus = cirrus_candidates(_band_on(scene, "CIRRUS", work), bits, z)
+        c = cirrus_candidates(_band_on(scene, "CIRRUS", work), bits, z)
+        cirrus = (np.packbits(c), c.shape)      # one bit per pixel while the floods run
         if release_bands:
             bands.pop("CIRRUS", None)
             scene.toa.pop("CIRRUS", None)
@@ -560,8 +561,15 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
     cirrus_test()
     if release_bands:
         scene.toa.pop("TEMP", None)
+    cirrus_mask = None
+    if cirrus is not None:
+        packed, shape = cirrus
+        cirrus = None
+        cirrus_mask = np.unpackbits(packed, count=shape[0] * shape[1]).view(np.bool_)
+        cirrus_mask = cirrus_mask.reshape(shape)
+        del packed
     gmap = GridMap(work, qgrid)
-    cnt = finalize(scene.qai, gmap, bits, cloud, None if forced else shadow, cirrus,
+    cnt = finalize(scene.qai, gmap, bits, cloud, None if forced else shadow, cirrus_mask,
                    cloud_buffer=float(params.cloud_buffer),
                    cirrus_buffer=float(params.cirrus_buffer),
                    shadow_buffer=float(params.shadow_buffer),
