@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/memtrace.py IMAGE PRM [--threads N] [--out trace.json]
 
-Prints, per stage, the RSS at its start and end and the highest RSS sampled inside it, so
-that the process's peak can be put on a stage (the record's ``peak_rss_mb`` is the
-running maximum, which cannot say where the peak was reached). Runs in-process: the
+Prints, per stage, the RSS at its start and end, the highest RSS sampled inside it and the
+exact high-water mark at its end, so that the process's peak can be put on a stage (the
+record's ``peak_rss_mb`` is only the running maximum per top-level stage; short spikes
+between two samples show up as a step of the high-water mark). Runs in-process: the
 sampler is a thread reading /proc/self/statm; the stage marks come from wrapping
 ``l2ps.pipeline.StageTimer.__call__``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -24,6 +26,11 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE / 2**20
+
+
+def _hwm() -> float:
+    """The process's exact high-water mark so far (MiB; getrusage, not sampled)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None) -> int:
@@ -60,7 +67,7 @@ def main(argv=None) -> int:
         s = time.perf_counter() - t0
         with orig(self, name):
             yield
-        marks.append((name, s, time.perf_counter() - t0))
+        marks.append((name, s, time.perf_counter() - t0, _hwm()))
 
     pipeline.StageTimer.__call__ = traced
 
@@ -69,7 +76,7 @@ def main(argv=None) -> int:
 
     def lap(stats, name, t_start):
         orig_lap(stats, name, t_start)
-        marks.append(("  clouds." + name, t_start[0] - t0, time.perf_counter() - t0))
+        marks.append(("  clouds." + name, t_start[0] - t0, time.perf_counter() - t0, _hwm()))
 
     detect._lap = lap
     t_import = time.perf_counter() - t0
@@ -91,9 +98,13 @@ def main(argv=None) -> int:
         return max(vals) if vals else at(s)
 
     print(f"imports done at {t_import:.1f} s, RSS {at(t_import):.0f} MiB")
-    print(f"{'stage':24s} {'start':>7s} {'end':>7s} {'RSS in':>8s} {'RSS out':>8s} {'max':>8s}")
-    for name, s, e in sorted(marks, key=lambda m: m[1]):
-        print(f"{name:24s} {s:7.1f} {e:7.1f} {at(s):8.0f} {at(e):8.0f} {peak(s, e):8.0f}")
+    print(f"{'stage':24s} {'start':>7s} {'end':>7s} {'RSS in':>8s} {'RSS out':>8s} {'max':>8s}"
+          f" {'HWM':>7s}")
+    for name, s, e, hwm in sorted(marks, key=lambda m: m[1]):
+        print(f"{name:24s} {s:7.1f} {e:7.1f} {at(s):8.0f} {at(e):8.0f} {peak(s, e):8.0f}"
+              f" {hwm:7.0f}")
+    print("(max: highest sample inside the stage; HWM: the exact high-water mark of the "
+          "process at the stage's end)")
     gpk = max(samples, key=lambda x: x[1])
     print(f"process peak {gpk[1]:.0f} MiB at {gpk[0]:.1f} s of {end:.1f} s")
     if a.out:

@@ -545,3 +545,20 @@ def test_saturated_specks_dropped_as_with_labels():
         got = c.copy()
         assert D.drop_saturated_specks(got, bits, res) == int(drop.sum())
         assert (got == expect).all()
+
+
+def test_cirrus_candidates_packed_in_strips_equal_the_whole_mask():
+    """The cirrus candidates are kept as packed bits, made strip by strip: the bytes must
+    equal np.packbits of the whole-image test for any size, strip height and elevation."""
+    from l2ps.clouds.detect import _cirrus_packed
+    from l2ps.clouds.finalize import cirrus_candidates
+    rng = np.random.default_rng(2)
+    for t in range(40):
+        ny, nx = (int(v) for v in rng.integers(1, 60, 2))
+        cirrus = rng.integers(0, 400, (ny, nx)).astype(np.int16)
+        bits = rng.integers(0, 256, (ny, nx)).astype(np.uint8)
+        z = (rng.random((ny, nx)) * 3).astype(np.float32) if t % 2 else None
+        ref = np.packbits(cirrus_candidates(cirrus, bits, z))
+        assert ref.any() or not (cirrus > 100).any()
+        for rows in (8, 16, 512):
+            assert np.array_equal(_cirrus_packed(cirrus, bits, z, rows), ref)

@@ -379,6 +379,21 @@ def work_grid(scene: Scene) -> Grid:
     return scene.grid
 
 
+def _cirrus_packed(cirrus: np.ndarray, bits: np.ndarray, z: np.ndarray | None,
+                   rows: int = 512) -> np.ndarray:
+    """``np.packbits`` of :func:`~.finalize.cirrus_candidates` (one bit per pixel, raster
+    order), computed in strips of ``rows`` rows (a multiple of 8, so that the strips'
+    packed bytes join exactly): no full-size boolean mask."""
+    ny, nx = bits.shape
+    out = np.empty((ny * nx + 7) // 8, np.uint8)
+    for r0 in range(0, ny, rows):
+        r1 = min(r0 + rows, ny)
+        pk = np.packbits(cirrus_candidates(cirrus[r0:r1], bits[r0:r1],
+                                           None if z is None else z[r0:r1]))
+        out[r0 * nx // 8:r0 * nx // 8 + pk.size] = pk
+    return out
+
+
 def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> CloudResult:
     """Clouds, cloud shadows, snow and water (spec 01 §6): sets the QAI bits 1–5 of
     ``scene.qai`` in place and returns the covers and the frame decision. The result is
@@ -398,9 +413,9 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
 
     ``release_bands``: drop TEMP and CIRRUS from ``scene.toa`` as soon as this stage is done
     with them (the pipeline's choice: no later stage reads them), i.e. before the shadow
-    floods, the stage's memory peak: the cirrus test is made right after the cloud
-    probability and the object pixels' temperatures are gathered (−0.2 GB for a Landsat
-    scene)."""
+    floods: the cirrus test (whose candidates are kept bit-packed until the finalisation)
+    is made right after the snow buffer, and the object pixels' temperatures are gathered
+    along the pixel lists (−0.2 GB at the stage's peak for a Landsat scene)."""
     t_all = _now()
     timings: dict[str, float] = {}
     stats: dict = {"timings": timings}
@@ -430,8 +445,7 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
         z = None
         if dem is not None:
             z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
-        c = cirrus_candidates(_band_on(scene, "CIRRUS", work), bits, z)
-        cirrus = (np.packbits(c), c.shape)      # one bit per pixel while the floods run
+        cirrus = (_cirrus_packed(_band_on(scene, "CIRRUS", work), bits, z), bits.shape)
         if release_bands:
             bands.pop("CIRRUS", None)
             scene.toa.pop("CIRRUS", None)
@@ -439,6 +453,7 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
     for d in ("BLUE", "GREEN", "RED"):     # Sentinel-2: 20 m copies of the 10 m bands
         del bands[d]
     P.buffer_snow(bits, radius_px(params.snow_buffer, work.res))
+    cirrus_test()               # OFF and SNOW are final now; nothing else reads CIRRUS
     counts = P.class_counts(bits)
     stats.update({k: v for k, v in counts.items()})
     npix = counts["npix"]
@@ -475,7 +490,6 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
             lowtemp, hightemp = st["lowtemp"], st["hightemp"]
             stats["probability"] = st
         del vprob
-        cirrus_test()
         _and_valid(cloud, bits)
         stats["saturated_objects_dropped"] = drop_saturated_specks(cloud, bits, work.res)
         ncloud = int(np.count_nonzero(cloud))
