@@ -434,26 +434,21 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
         bands["TEMP"] = _band_on(scene, "TEMP", work)
     bits = _work_bits(scene.qai, qgrid, work)
     slope_code, dem = _topography(scene, work)
-    cirrus = None
-
-    def cirrus_test():
-        """The cirrus candidates (finalisation; they read only the OFF and SNOW bits, set
-        by now), then the CIRRUS band is released."""
-        nonlocal cirrus
-        if cirrus is not None or "CIRRUS" not in scene.toa:
-            return
-        z = None
-        if dem is not None:
-            z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
-        cirrus = (_cirrus_packed(_band_on(scene, "CIRRUS", work), bits, z), bits.shape)
-        if release_bands:
-            bands.pop("CIRRUS", None)
-            scene.toa.pop("CIRRUS", None)
     vprob = P.potential_cloud(bands, bits, slope_code)
     for d in ("BLUE", "GREEN", "RED"):     # Sentinel-2: 20 m copies of the 10 m bands
         del bands[d]
     P.buffer_snow(bits, radius_px(params.snow_buffer, work.res))
-    cirrus_test()               # OFF and SNOW are final now; nothing else reads CIRRUS
+    # the cirrus candidates of the finalisation: they read only the OFF and SNOW bits, final
+    # now, and nothing else reads CIRRUS (kept bit-packed until then)
+    cirrus = None
+    if "CIRRUS" in scene.toa:
+        z = None
+        if dem is not None:
+            z = bin_centre_elevation_km(dem, (bits & P.OFF) == 0)
+        cirrus = _cirrus_packed(_band_on(scene, "CIRRUS", work), bits, z)
+        del z
+        if release_bands:
+            scene.toa.pop("CIRRUS", None)
     counts = P.class_counts(bits)
     stats.update({k: v for k, v in counts.items()})
     npix = counts["npix"]
@@ -572,16 +567,12 @@ def detect_clouds(scene: Scene, params, *, release_bands: bool = False) -> Cloud
 
     # ---------------------------------------------------------------- finalisation
     t0 = _now()
-    cirrus_test()
     if release_bands:
         scene.toa.pop("TEMP", None)
     cirrus_mask = None
     if cirrus is not None:
-        packed, shape = cirrus
+        cirrus_mask = np.unpackbits(cirrus, count=bits.size).view(np.bool_).reshape(bits.shape)
         cirrus = None
-        cirrus_mask = np.unpackbits(packed, count=shape[0] * shape[1]).view(np.bool_)
-        cirrus_mask = cirrus_mask.reshape(shape)
-        del packed
     gmap = GridMap(work, qgrid)
     cnt = finalize(scene.qai, gmap, bits, cloud, None if forced else shadow, cirrus_mask,
                    cloud_buffer=float(params.cloud_buffer),
