@@ -20,8 +20,7 @@ from ..level1.read import release_free_heap
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px
-from .morphology import (_ring_push, components8, drop_small_objects, mark_beyond,
-                         split_object_lists)
+from .morphology import components8, drop_small_objects, mark_beyond, split_object_lists
 from .parallax import cloud_parallax, smoothed_broadnir, smoothed_broadnir_rows
 from .probability import cloud_probability
 from .shadows import MIN_OBJECT, mark_far, shadow_matching, shadow_probability
@@ -287,72 +286,21 @@ def _and_valid(cloud, bits):
                 cloud[i, j] = False
 
 
-@njit(cache=True)
-def _drop_specks(cloud, bits, res, limit_m2):
-    """Breadth-first search of the 8-connected cloud objects that hold a saturated pixel
-    (the others are never dropped: 2·0 < size); each pixel is visited once (visited bit per
-    pixel, FIFO of the front). An object is cleared when size·res² < ``limit_m2`` and at
-    least half of its pixels are saturated. Returns the number of objects cleared."""
-    ny, nx = cloud.shape
-    n = ny * nx
-    seen = np.zeros((n + 7) // 8, np.uint8)
-    keep_max = int(limit_m2 / (res * res)) + 2     # an object this large is never dropped
-    members = np.empty(keep_max, np.int64)
-    queue = np.empty(1 << 16, np.int64)
-    qmask = queue.shape[0] - 1
-    ndrop = 0
-    for p0 in range(n):
-        i0 = p0 // nx
-        j0 = p0 - i0 * nx
-        if not cloud[i0, j0] or not (bits[i0, j0] & 64) or (seen[p0 >> 3] & (1 << (p0 & 7))):
-            continue
-        seen[p0 >> 3] |= np.uint8(1 << (p0 & 7))
-        qh = 0
-        qn = 1
-        queue[0] = p0
-        size = 0
-        nsat = 0
-        while qn > 0:
-            p = queue[qh]
-            qh = (qh + 1) & qmask
-            qn -= 1
-            i = p // nx
-            j = p - i * nx
-            if size < keep_max:
-                members[size] = p
-            size += 1
-            if bits[i, j] & 64:
-                nsat += 1
-            for di in range(-1, 2):
-                ii = i + di
-                if ii < 0 or ii >= ny:
-                    continue
-                for dj in range(-1, 2):
-                    jj = j + dj
-                    if jj < 0 or jj >= nx or not cloud[ii, jj]:
-                        continue
-                    q = ii * nx + jj
-                    if seen[q >> 3] & (1 << (q & 7)):
-                        continue
-                    seen[q >> 3] |= np.uint8(1 << (q & 7))
-                    queue, qh, qn = _ring_push(queue, qh, qn, q)
-                    qmask = queue.shape[0] - 1
-        if size * res * res < limit_m2 and 2 * nsat >= size and size <= keep_max:
-            for m in range(size):
-                p = members[m]
-                i = p // nx
-                cloud[i, p - i * nx] = False
-            ndrop += 1
-    return ndrop
-
-
 def drop_saturated_specks(cloud: np.ndarray, bits: np.ndarray, res: float) -> int:
     """In place: remove 8-connected cloud objects smaller than SATURATED_SPECK_M2 (10 ha)
     of which at least half of the pixels are saturated (an l2ps addition to spec 01 §6.3
     and §6.4, where every saturated pixel is cloud): bright sand, roofs and other saturating
     targets are small; saturated clouds are large. Returns the number of objects removed.
-    The objects with a saturated pixel are searched from those pixels (no label image)."""
-    return int(_drop_specks(cloud, bits, float(res), float(SATURATED_SPECK_M2)))
+    The objects are :func:`~.morphology.components8`'s pixel lists (no label image)."""
+    pix, start, n = components8(cloud)
+    if n == 0:
+        return 0
+    size = np.diff(start)[1:]
+    nsat = np.add.reduceat((bits.reshape(-1)[pix] & P.SATURATED) != 0, start[1:n + 1])
+    drop = (size * float(res) ** 2 < SATURATED_SPECK_M2) & (2 * nsat >= size)
+    gone = pix[np.repeat(drop, size)]
+    cloud[gone // cloud.shape[1], gone % cloud.shape[1]] = False
+    return int(drop.sum())
 
 
 # ----------------------------------------------------------------------------- main

@@ -419,21 +419,6 @@ def _new_chunk(pool, cnext, free, nalloc):
     return pool, cnext, c, free, nalloc + 1
 
 
-@njit(cache=True, inline="always")
-def _ring_push(ring, rh, rn, item):
-    """Append ``item`` to the FIFO ring ``ring`` (power-of-two size; head ``rh``, length
-    ``rn``), doubling it (unrolled to head 0) when full. Returns (ring, rh, rn)."""
-    if rn == ring.shape[0]:
-        r2 = np.empty(2 * ring.shape[0], ring.dtype)
-        mask = ring.shape[0] - 1
-        for k in range(rn):
-            r2[k] = ring[(rh + k) & mask]
-        ring = r2
-        rh = 0
-    ring[(rh + rn) & (ring.shape[0] - 1)] = item
-    return ring, rh, rn + 1
-
-
 # ----------------------------------------------------------------------------- objects
 _EIGHT = np.ones((3, 3), dtype=bool)
 SPLIT_SCIPY_MAX = 1 << 18   # px: windows below this use scipy's EDT (no numba launch)
