@@ -33,12 +33,41 @@ def _hwm() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _list_arrays(stage: str, min_mib: float = 16.0) -> None:
+    """Print the numpy arrays owning at least ``min_mib`` MiB referenced from objects the
+    garbage collector tracks (dicts, lists, instances; not from C or local variables)."""
+    import gc
+
+    import numpy as np
+    seen, rows = set(), []
+    cands = [r for o in gc.get_objects() for r in gc.get_referents(o)
+             if isinstance(r, np.ndarray)]
+    for o in cands:
+        if isinstance(o, np.ndarray):
+            base = o
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if id(base) in seen or base.nbytes < min_mib * 2**20:
+                continue
+            seen.add(id(base))
+            rows.append((base.nbytes / 2**20, base.dtype.name, base.shape))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"-- arrays at the start of {stage}: {len(rows)}, {total:.0f} MiB, RSS "
+          f"{_rss_mib():.0f} MiB")
+    for mib, dt, shape in rows:
+        print(f"   {mib:8.1f} MiB {dt:8s} {shape}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("image")
     ap.add_argument("prm")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the samples and marks as JSON")
+    ap.add_argument("--arrays", nargs="*", default=None, metavar="STAGE",
+                    help="list the live numpy arrays of at least 16 MiB at the start of "
+                         "these stages (all top-level stages if none named)")
     a = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(a.threads))
     os.environ.setdefault("GDAL_NUM_THREADS", str(a.threads))
@@ -64,6 +93,8 @@ def main(argv=None) -> int:
 
     @contextmanager
     def traced(self, name):
+        if a.arrays is not None and (not a.arrays or name in a.arrays):
+            _list_arrays(name)
         s = time.perf_counter() - t0
         with orig(self, name):
             yield

@@ -113,7 +113,7 @@ SUB_STAGES = {
     "cube": ({"warp": "warping", "warping": "warping", "write": "writing",
               "writing": "writing", "tile": "writing", "tiling": "writing",
               "merge": "writing", "overviews": "writing", "quicklook": "writing",
-              "analysis": "writing"}, "writing"),
+              "analysis": "writing", "resmerge": "resolution merge"}, "writing"),
 }
 _IGNORED_SUBS = {"total"}
 
@@ -159,6 +159,11 @@ def stage_profile(stages: dict, process_wall: float | None = None) -> dict:
                 out[group] += s2
             rest = max(s - used, 0.0)
             out[rest_group] += rest
+            if used > s:
+                # a sub-stage ran in a worker thread beside the others (cube.resmerge:
+                # the merge computed while the writer compresses): the parent's own group
+                # gives up the overlap, so that the groups still add up to the wall time
+                out[rest_group] -= min(used - s, out[rest_group])
             if rest_group == "other" and rest > 0:
                 detail[f"{key} (rest)"] = detail.get(f"{key} (rest)", 0.0) + rest
         elif key in TOP_LEVEL:

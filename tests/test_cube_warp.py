@@ -15,7 +15,7 @@ from l2ps.cube import formats
 from l2ps.cube.grid import Datacube, grid_footprint
 from l2ps.cube.warp import (TOLERANCE, Resampling, _exact_source_coords, _KIND,
                             _resample_window, _warp_band, gdal_warp_band, resample_bands,
-                            source_mesh,
+                            source_mesh, source_window,
                             warp_products, warp_products_lazy)
 from l2ps.grid import Grid
 from l2ps.products import Product
@@ -234,3 +234,60 @@ def test_overview_levels_of_odd_sizes_within_one_dn_of_gdal(tmp_path):
         assert np.array_equal(ref == -9999, levels[lvl] == -9999)
         d = np.abs(ref.astype(int) - levels[lvl])
         assert d.max() <= 1 and np.mean(d == 0) >= 0.99
+
+
+class _RowSource:
+    """A band served as a row source (as the Sentinel-2 merge of a TOA run): rows() fills
+    every column it was not asked for with garbage, so a read outside source_window's
+    rectangle shows up in the pixels."""
+
+    def __init__(self, band):
+        self.band, self.shape, self.dtype = band, band.shape, band.dtype
+        self.rng = np.random.default_rng(7)
+        self.asked = []
+
+    def rows(self, r0, r1, c0=0, c1=None):
+        c1 = self.shape[1] if c1 is None else c1
+        self.asked.append((r0, r1, c0, c1))
+        out = self.rng.integers(-9999, 20000, (r1 - r0, self.shape[1])).astype(self.dtype)
+        out[:, c0:c1] = self.band[r0:r1, c0:c1]
+        return out
+
+    def valid_rows(self, r0, r1):
+        return self.band[r0:r1]
+
+
+@pytest.mark.parametrize("res", [10.0, 25.0])
+@pytest.mark.parametrize("kind", ["nearest", "bilinear", "cubic"])
+def test_row_sources_warp_like_arrays_reading_only_their_window(kind, res):
+    src, band = _scene(300)
+    tgt = _target(src, res)
+    prods = _products(src, band)
+    prods[1] = Product("TOA", prods[1].bands, prods[1].grids, prods[1].band_names,
+                       -9999, 10000.0, kind)
+    eager = warp_products(prods, tgt)
+    prods = _products(src, band)
+    prods[1] = Product("TOA", [_RowSource(b) if b.shape == band.shape else b
+                               for b in prods[1].bands], prods[1].grids,
+                       prods[1].band_names, -9999, 10000.0, kind)
+    lazy = warp_products_lazy(prods, tgt, release_qai=True)
+    assert np.array_equal(lazy[0].bands[0], eager[0].bands[0])
+    for r0, c0, h, w in [(0, 0, tgt.ny, tgt.nx), (10, 20, 40, 70), (tgt.ny - 7, 3, 7, 50),
+                         (33, tgt.nx - 9, 60, 9)]:
+        for bl, be in zip(lazy[1].bands, eager[1].bands):
+            assert np.array_equal(np.asarray(bl[r0:r0 + h, c0:c0 + w]),
+                                  be[r0:r0 + h, c0:c0 + w]), (r0, c0, h, w)
+    rs = prods[1].bands[0]
+    assert rs.asked and all(0 <= a < b <= src.ny for a, b, _, _ in rs.asked)
+    # a small window asks for a few rows and columns, not the whole source
+    assert min((b - a) * (d - c) for a, b, c, d in rs.asked) < src.ny * src.nx // 8
+
+
+def test_source_window_has_nothing_for_a_window_off_the_source():
+    src, _ = _scene(200)
+    tgt = _target(src, 10.0)
+    mesh = source_mesh(src, tgt)
+    far = Grid(tgt.crs_wkt, tgt.x0 - 50000.0, tgt.y0, 10.0, 10.0, 300, 300)
+    assert source_window(source_mesh(src, far), 2, 0, 0, 300, 300, (src.ny, src.nx)) == (0, 0, 0, 0)
+    s0, s1, c0, c1 = source_window(mesh, 2, 0, 0, tgt.ny, tgt.nx, (src.ny, src.nx))
+    assert (s0, c0) == (0, 0) and (s1, c1) == (src.ny, src.nx)

@@ -355,3 +355,60 @@ def test_fine_texture_is_block_independent_and_optional(tmp_path):
     # the texture changes the surface, not the geometry
     assert not np.array_equal(_read(Path(a.truth_dir) / "surface_B05.tif"),
                               _read(Path(c.truth_dir) / "surface_B05.tif"))
+
+
+# ------------------------------------------------------------------ merged when read
+def _masked_scene(ny, nx, seed):
+    """small_scene with clouds, shadows, QAI nodata, predictor and 20 m nodata."""
+    scene, _ = small_scene(ny=ny, nx=nx, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    qai = scene.qai
+    Q.set_field(qai, Q.CLOUD, Q.CLOUD_OPAQUE, rng.random(qai.shape) < 0.08)
+    Q.set_flag(qai, Q.SHADOW, rng.random(qai.shape) < 0.05)
+    off = np.zeros(qai.shape, bool)
+    off[: ny // 5, : nx // 3] = True
+    Q.set_flag(qai, Q.NODATA, off)
+    for d in RM.PREDICTORS:
+        scene.toa[d][off] = -9999
+    scene.toa["RED"][rng.random(qai.shape) < 0.01] = -9999
+    scene.toa["SWIR1"][rng.random(scene.toa["SWIR1"].shape) < 0.02] = -9999
+    return scene
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_merged_when_read_equals_the_merge(seed):
+    """Blocks of rows and columns read in any order (down the image, jumps back, wider
+    and narrower, partial columns at both edges) equal the eager merge, with the
+    products' nodata applied; the count of merged pixels is the eager one."""
+    ny, nx = 120, 96
+    eager, lazy = _masked_scene(ny, nx, seed), _masked_scene(ny, nx, seed)
+    stats = RM.resolution_merge(eager, "IMPROPHE")
+    ls = RM.resolution_merge(lazy, "IMPROPHE", lazy=True)
+    assert ls["lazy"] and all(lazy.grids[d] == lazy.grid for d in RM.TARGETS)
+    bands = [lazy.toa[d] for d in RM.TARGETS]
+    merged = bands[0].merged
+    assert all(isinstance(b, RM.MergedBand) and b.shape == (ny, nx) for b in bands)
+    # the products' QAI: more nodata than at the merge (the reader must apply it)
+    final = lazy.qai.copy()
+    Q.set_flag(final, Q.NODATA, np.add.outer(np.arange(ny), np.arange(nx)) % 17 == 0)
+    merged.capture_nodata(final)
+    off = Q.is_nodata(final)
+    ref = {d: eager.toa[d].copy() for d in RM.TARGETS}
+    for d in RM.TARGETS:
+        ref[d][off] = -9999
+    rng = np.random.default_rng(seed)
+    windows = [(0, 30, 0, nx), (10, 45, 0, nx), (40, 90, 5, 60), (41, 95, 3, 61),
+               (90, 120, 50, 96), (0, 5, 90, 96), (60, 61, 0, 1), (100, 120, 0, 96)]
+    windows += [tuple(sorted(rng.integers(0, ny + 1, 2))) + tuple(sorted(rng.integers(0, nx + 1, 2)))
+                for _ in range(40)]
+    for s0, s1, c0, c1 in windows:
+        for k, d in enumerate(RM.TARGETS):
+            got = bands[k].rows(s0, s1, c0, c1)
+            assert got.shape == (s1 - s0, nx)
+            assert np.array_equal(got[:, c0:c1], ref[d][s0:s1, c0:c1]), (d, s0, s1, c0, c1)
+    for k, d in enumerate(RM.TARGETS):
+        assert np.array_equal(np.asarray(bands[k]), ref[d])
+        # valid_rows: nodata exactly where the merged band is, outside the products' nodata
+        v = bands[k].valid_rows(0, ny)
+        assert np.array_equal((v == -9999)[~off], (ref[d] == -9999)[~off])
+    assert merged.pixels_merged == stats["pixels_merged"] > 0

@@ -164,7 +164,7 @@ def _improphe_weights(top: int) -> np.ndarray:
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
-              chunk, strip, out):
+              chunk, strip, out, ra, qoff):
     """IMPROPHE (spec 03 §4): see the module docstring. ``off_i/off_j``: kernel offsets
     (centre first); ``thr``: class limits of the sum of |ΔG|+|ΔR|+|ΔBNIR| (×10000, int,
     increasing); ``wtab``: ``_improphe_weights(thr[-1])``; ``rmap`` non-decreasing (two
@@ -178,19 +178,24 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
     neighbours, the centre included, below it), min/max of 0 < S < limit, the weights
     (table), and the weighted means accumulated in kernel order in float64 — the same
     operations in the same order per pixel as the per-neighbour formulation (a weight of 0
-    adds exactly 0), hence independent of blocks, strips and threads."""
-    nb, ny, nx = out.shape
+    adds exactly 0), hence independent of blocks, strips and threads.
+
+    ``out`` holds image rows ``ra``.. (all rows: ``ra`` = 0 and ``out`` of the image's
+    height); ``qai`` holds rows ``qoff``.. (at least the rows of ``out`` ± the kernel
+    radius). Returns the number of merged pixels per row of ``out``."""
+    nb, nrows, nx = out.shape
+    ny = g.shape[0]
     nk = off_i.shape[0]
     ncls = thr.shape[0]
     rad = 0
     for k in range(nk):
         rad = max(rad, abs(off_i[k]), abs(off_j[k]))
     wid = nx + 2 * rad
-    nchunk = (ny + chunk - 1) // chunk
-    merged = np.zeros(nchunk, np.int64)
+    nchunk = (nrows + chunk - 1) // chunk
+    merged = np.zeros(nrows, np.int64)
     for t in prange(nchunk):
-        a = t * chunk
-        e = min(a + chunk, ny)
+        a = ra + t * chunk
+        e = min(a + chunk, ra + nrows)
         r0 = max(a - rad, 0)
         r1 = min(e + rad, ny)
         h = r1 - r0
@@ -224,8 +229,8 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
                 bg[li, j + rad] = gv
                 br[li, j + rad] = rv
                 bn[li, j + rad] = nv
-                use = ((qai[i, j] & _SKIP_BITS) == 0 and gv != -9999 and rv != -9999
-                       and nv != -9999)
+                use = ((qai[i - qoff, j] & _SKIP_BITS) == 0 and gv != -9999
+                       and rv != -9999 and nv != -9999)
                 for b in range(nb):
                     use = use and by[lc, b, j + rad] != -9999
                 ok[li, j + rad] = 1 if use else 0
@@ -237,8 +242,8 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
         lo = np.empty(strip, np.int32)
         hi = np.empty(strip, np.int32)
         cnt = np.empty(strip, np.int32)
-        nmerged = 0
         for i in range(a, e):
+            nmerged = 0
             l0 = i - r0
             for j0 in range(0, nx, strip):
                 m = min(strip, nx - j0)
@@ -329,11 +334,11 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
                 for b in range(nb):
                     ab = acc[b, :m]
                     yb = by[lc, b, c0:c0 + m]
-                    ob = out[b, i, j0:j0 + m]
+                    ob = out[b, i - ra, j0:j0 + m]
                     for q in range(m):
                         ob[q] = _to_int16(ab[q] / ws[q]) if u0[q] != 0 else yb[q]
-        merged[t] = nmerged
-    return merged.sum()
+            merged[i - ra] = nmerged
+    return merged
 
 
 # ---------------------------------------------------------------------------- REGRESSION
@@ -712,6 +717,228 @@ def _starfm(g, r, n, qai, coarse, cvalid, rmap, cmap, pairs, slice0, slice1, out
 
 
 # ----------------------------------------------------------------------------- interface
+# ------------------------------------------------------------------- merge when read
+@njit(cache=True, parallel=True)
+def _pack_rows(qai, bits, out):
+    """``out`` (rows, ceil(nx / 8)) uint8: bit 7 − j % 8 of byte j // 8 set where ``qai``
+    & ``bits`` ≠ 0 (np.packbits order, row by row)."""
+    ny, nx = qai.shape
+    for i in prange(ny):
+        for jb in range(out.shape[1]):
+            v = 0
+            for t in range(8):
+                j = jb * 8 + t
+                if j < nx and (qai[i, j] & bits) != 0:
+                    v |= 1 << (7 - t)
+            out[i, jb] = v
+
+
+@njit(cache=True)
+def _unpack_rows(packed, r0, c0, out):
+    """``out`` (rows, cols) uint16 = the bits of ``packed`` from row r0, column c0 (1
+    where set)."""
+    h, w = out.shape
+    for i in range(h):
+        for t in range(w):
+            j = c0 + t
+            out[i, t] = (packed[r0 + i, j >> 3] >> (7 - (j & 7))) & 1
+
+
+@njit(cache=True, parallel=True)
+def _nodata_where_bits(packed, r0, c0, out):
+    """``out`` (bands, rows, cols) = −9999 where the bit of ``packed`` at row r0 + i,
+    column c0 + t is set."""
+    nb, h, w = out.shape
+    for i in prange(h):
+        for t in range(w):
+            j = c0 + t
+            if (packed[r0 + i, j >> 3] >> (7 - (j & 7))) & 1:
+                for b in range(nb):
+                    out[b, i, t] = NODATA
+
+
+@njit(cache=True, parallel=True)
+def _replicate_rows(src, rmap, cmap, r0, out):
+    """``out`` (rows, nx) = the 20 m band ``src`` at fine rows r0.. (nearest)."""
+    h, nx = out.shape
+    for i in prange(h):
+        ci = rmap[r0 + i]
+        for j in range(nx):
+            out[i, j] = src[ci, cmap[j]]
+
+
+@njit(cache=True, parallel=True)
+def _count_usable(g, r, n, skip, coarse, rmap, cmap):
+    """Pixels IMPROPHE merges: mergeable QAI (``skip`` bit clear) and all nine values."""
+    ny, nx = g.shape
+    counts = np.zeros(ny, np.int64)
+    for i in prange(ny):
+        c = 0
+        ci = rmap[i]
+        for j in range(nx):
+            if (skip[i, j >> 3] >> (7 - (j & 7))) & 1:
+                continue
+            if g[i, j] == NODATA or r[i, j] == NODATA or n[i, j] == NODATA:
+                continue
+            ok = True
+            for b in range(len(coarse)):
+                if coarse[b][ci, cmap[j]] == NODATA:
+                    ok = False
+            c += 1 if ok else 0
+        counts[i] = c
+    return counts.sum()
+
+
+def _packed(qai: np.ndarray, bits: int) -> np.ndarray:
+    out = np.empty((qai.shape[0], (qai.shape[1] + 7) // 8), np.uint8)
+    _pack_rows(qai, bits, out)
+    return out
+
+
+#: MergedRows: extra rows allocated for a block, and columns computed beyond those asked
+#: for, so that the next strips of a cube tile (a few rows further down, shifted by a
+#: few columns) reuse the block instead of reallocating or recomputing it
+_ROW_SLACK = 256
+_COLUMN_SLACK = 128
+
+
+class MergedRows:
+    """The six IMPROPHE bands on the 10 m grid, computed block of rows by block of rows
+    when they are read (``resolution_merge(..., lazy=True)``): a TOA-only run hands them
+    to the cube writer, which reads them strip by strip, so the six merged bands (1.35 GiB
+    for a full tile) are never held whole; the 20 m bands (¼ of that) stay instead.
+
+    Every row equals the row of :func:`resolution_merge` (the kernel's rows depend only
+    on the rows ± its radius) and, once :meth:`capture_nodata` has been called with the
+    products' QAI, is nodata where that QAI is (as ``assemble_products`` makes the other
+    bands). Of the QAI only two bits per pixel are kept (packed): "not mergeable"
+    (nodata, cloud, shadow; at the merge) and nodata (at the products). The last block
+    is kept, and a block that overlaps it further down reuses its rows, so a cube strip
+    after strip computes each row about once per tile.
+
+    Not thread-safe: one reader at a time (the cube writer's worker thread)."""
+
+    def __init__(self, g, r, n, qai, coarse, rmap, cmap):
+        self.g, self.r, self.n = g, r, n
+        self.coarse, self.rmap, self.cmap = coarse, rmap, cmap
+        self.shape = g.shape
+        self.skip = _packed(qai, _SKIP_BITS)
+        self.nodata: np.ndarray | None = None
+        self.seconds = 0.0
+        self._oi, self._oj = _kernel_offsets(2)
+        self._wtab = _improphe_weights(int(_IMPROPHE_SUM_THR[-1]))
+        self._buf: np.ndarray | None = None
+        self._c0 = self._c1 = 0
+        self._x = (0, 0)                   # columns set in the kept block
+
+    def capture_nodata(self, qai: np.ndarray) -> None:
+        """Rows made from now on are nodata where ``qai`` has its nodata bit."""
+        self.nodata = _packed(qai, 1)
+
+    @property
+    def pixels_merged(self) -> int:
+        """Pixels IMPROPHE merges in the whole image (as :func:`resolution_merge` counts
+        them: the usable ones; whether or not the cube has read their rows)."""
+        return int(_count_usable(self.g, self.r, self.n, self.skip, self.coarse, self.rmap,
+                                 self.cmap))
+
+    def _compute(self, a: int, b: int, x0: int, x1: int, out: np.ndarray) -> None:
+        """Rows a..b, columns x0..x1 of the six bands into ``out`` (6, b − a, x1 − x0).
+        The kernel runs on columns x0..x1 ± its radius (it treats the edges of what it
+        is given as the image's, which only changes the 2 columns it drops)."""
+        t0 = time.perf_counter()
+        ny, nx = self.shape
+        rad = 2                                               # the kernel's radius
+        q0, q1 = max(a - rad, 0), min(b + rad, ny)
+        h0, h1 = max(x0 - rad, 0), min(x1 + rad, nx)
+        qloc = np.empty((q1 - q0, h1 - h0), np.uint16)
+        _unpack_rows(self.skip, q0, h0, qloc)
+        # (the kernel's output C-contiguous: one compiled variant less)
+        direct = h0 == x0 and h1 == x1 and out.flags.c_contiguous
+        tmp = out if direct else np.empty((len(self.coarse), b - a, h1 - h0), np.int16)
+        cols = slice(h0, h1)
+        _improphe(self.g[:, cols], self.r[:, cols], self.n[:, cols], qloc, self.coarse,
+                  self.rmap, self.cmap[cols], self._oi, self._oj, _IMPROPHE_SUM_THR,
+                  _IMPROPHE_MINK, self._wtab, _IMPROPHE_CHUNK, _IMPROPHE_STRIP, tmp, a, q0)
+        if not direct:
+            out[...] = tmp[:, :, x0 - h0:x1 - h0]
+        if self.nodata is not None:
+            _nodata_where_bits(self.nodata, a, x0, out)
+        self.seconds += time.perf_counter() - t0
+
+    def block(self, s0: int, s1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        """Rows s0..s1 of the six bands, (6, s1 − s0, nx) int16, of which at least
+        columns c0..c1 (default: all) are set (valid until the next call)."""
+        ny, nx = self.shape
+        c1 = nx if c1 is None else c1
+        s0, s1 = max(int(s0), 0), min(int(s1), ny)
+        s1 = max(s1, s0)
+        c0, c1 = max(int(c0), 0), min(int(c1), nx)
+        c1 = max(c1, c0)
+        buf, r0, r1 = self._buf, self._c0, self._c1
+        x0, x1 = self._x
+        cols_ok = x0 <= c0 and c1 <= x1
+        if buf is not None and cols_ok and r0 <= s0 and s1 <= r1:
+            return buf[:, s0 - r0:s1 - r0]
+        keep = buf is not None and cols_ok and r0 <= s0 < r1    # moving down: reuse
+        if not keep:          # new columns: a little wider, so the next strips fit too
+            x0, x1 = max(c0 - _COLUMN_SLACK, 0), min(c1 + _COLUMN_SLACK, nx)
+            if x1 - x0 > nx - 2 * _COLUMN_SLACK:
+                x0, x1 = 0, nx
+        start = r1 if keep else s0
+        if buf is None or buf.shape[1] < s1 - s0:
+            if not keep:                                      # the old block goes first
+                self._buf = buf = None
+            cap = max(s1 - s0 + _ROW_SLACK, 1)                # room to grow a little
+            new = np.empty((len(self.coarse), cap, nx), np.int16)
+            if keep:
+                new[:, :r1 - s0] = buf[:, s0 - r0:r1 - r0]
+            self._buf = buf = new
+        elif keep and s0 > r0:
+            d = s0 - r0                                       # rows up by d, in pieces
+            for k in range(0, r1 - s0, d):                    # that do not overlap
+                e = min(k + d, r1 - s0)
+                for b in range(buf.shape[0]):                 # (per band: no temporary)
+                    buf[b, k:e] = buf[b, k + d:e + d]
+        if s1 > start:
+            self._compute(start, s1, x0, x1, buf[:, start - s0:s1 - s0, x0:x1])
+        self._c0, self._c1, self._x = s0, s1, (x0, x1)
+        return buf[:, :s1 - s0]
+
+    def bands(self) -> list["MergedBand"]:
+        return [MergedBand(self, k) for k in range(len(self.coarse))]
+
+
+class MergedBand:
+    """One band of :class:`MergedRows` (a row source of ``l2ps.cube.warp``: ``rows``,
+    ``valid_rows``); ``np.asarray`` computes the whole band."""
+
+    def __init__(self, merged: MergedRows, k: int):
+        self.merged, self.k = merged, k
+        self.shape = merged.shape
+        self.dtype = np.dtype(np.int16)
+        self.ndim = 2
+
+    def rows(self, r0: int, r1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
+        return self.merged.block(r0, r1, c0, c1)[self.k]
+
+    def valid_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 of the replicated 20 m band: nodata exactly where the merged band
+        is (a merged pixel needs its own 20 m value), apart from the products' nodata
+        (already nodata in the QAI)."""
+        m = self.merged
+        out = np.empty((max(r1 - r0, 0), self.shape[1]), np.int16)
+        _replicate_rows(m.coarse[self.k], m.rmap, m.cmap, r0, out)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, np.int16)
+        for r0 in range(0, self.shape[0], 1024):
+            r1 = min(r0 + 1024, self.shape[0])
+            out[r0:r1] = self.rows(r0, r1)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def _kernel_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Row/col offsets of the circular kernel (Euclidean distance ≤ radius), centre first."""
     oi, oj = [0], [0]
@@ -729,7 +956,7 @@ def _starts(index: np.ndarray, n: int) -> np.ndarray:
 
 
 def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
-                     fit_scale: str = "coarse") -> dict:
+                     fit_scale: str = "coarse", lazy: bool = False) -> dict:
     """Merge the Sentinel-2 20 m bands to 10 m in place (spec 03 §4, RES_MERGE).
 
     ``method``: NONE, REGRESSION, IMPROPHE or STARFM (case-insensitive). Replaces
@@ -739,6 +966,13 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
     replicated value. ``nthreads`` sets numba's thread count for the call (default: as is).
     ``fit_scale`` (REGRESSION only): "coarse" (default) fits the 20 m values on the 20 m
     means of the predictors, "fine" on the 10 m predictors as FORCE.
+
+    ``lazy`` (IMPROPHE only; for a run whose next reader is the cube writer): the six
+    bands become :class:`MergedBand` row sources computed when read (the predictors, the
+    20 m bands and two QAI bits per pixel are kept; the QAI and the predictors must not
+    change in a way that matters meanwhile: nodata, cloud and shadow bits as they are now,
+    predictor values where those bits are clear). ``pixels_merged`` is then 0 here and
+    :attr:`MergedRows.pixels_merged` later.
 
     Returns stats: ``method``, ``seconds``, ``pixels_merged`` (10 m pixels computed by the
     method), ``bands``. For a scene that is not Sentinel-2 nothing happens
@@ -776,6 +1010,13 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
     coarse = tuple(np.ascontiguousarray(scene.toa[d], np.int16) for d in TARGETS)
     g, r, n = (np.ascontiguousarray(scene.toa[d], np.int16) for d in PREDICTORS)
     qai = np.ascontiguousarray(scene.qai, np.uint16)
+    if lazy and m == "IMPROPHE":
+        merged_rows = MergedRows(g, r, n, qai, coarse, rmap, cmap)
+        for d, band in zip(TARGETS, merged_rows.bands()):
+            scene.toa[d] = band
+            scene.grids[d] = grid
+        stats.update(lazy=True, seconds=round(time.perf_counter() - t0, 3))
+        return stats
     out = np.empty((len(TARGETS), grid.ny, grid.nx), np.int16)
     # 20 m pixels with all six values (IMPROPHE checks them in its row blocks instead)
     need_cvalid = m in ("REGRESSION", "STARFM")
@@ -795,7 +1036,7 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
             thr = _IMPROPHE_SUM_THR
             merged = _improphe(g, r, n, qai, coarse, rmap, cmap, oi, oj, thr,
                                _IMPROPHE_MINK, _improphe_weights(int(thr[-1])),
-                               _IMPROPHE_CHUNK, _IMPROPHE_STRIP, out)
+                               _IMPROPHE_CHUNK, _IMPROPHE_STRIP, out, 0, 0).sum()
         elif m == "REGRESSION":
             if fit_scale == "coarse":
                 agg = np.empty((3, tgrid.ny, tgrid.nx), np.int32)

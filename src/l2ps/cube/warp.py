@@ -376,7 +376,8 @@ _CHUNK = 256
 
 @njit(cache=True, parallel=True, nogil=True)
 def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi, sx, sy,
-                    qai, qr, qc, use_qai, ny, nx, out, bidx, orow, ocol):  # pragma: no cover
+                    qai, qr, qc, use_qai, ny, nx, out, bidx, orow, ocol, srow0,
+                    sny):  # pragma: no cover
     """:func:`_resample` for several bands on the same source grid at once (``srcs``: a
     typed list of equally shaped 2-D arrays; ``out``: (bands, rows, cols)), band by band
     bit-identical to it (target rows r0.., cols c0.., ``ny`` x ``nx`` pixels; band ``k``
@@ -384,9 +385,11 @@ def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi
     target pixel are computed once (in chunks of :data:`_CHUNK` pixels of a row) and
     applied to every band. ``use_qai``: every band is nodata where ``qai`` (the warped
     QAI; pixel (i, j) of ``out`` is its pixel (i + qr, j + qc)) has its nodata bit set
-    (resync, spec 03 P4)."""
+    (resync, spec 03 P4). ``srcs`` may be a block of rows of the source: its row 0 is
+    source row ``srow0`` of a source of ``sny`` rows (every row a target pixel of the
+    window reads must be in the block: :func:`source_window`)."""
     nb = len(srcs)
-    sny, snx = srcs[0].shape
+    snx = srcs[0].shape[1]
     inv = 1.0 / step
     nrb = (ny + 31) // 32
     wide = kind != 0 and (sx < 0.95 or sy < 0.95)
@@ -468,14 +471,14 @@ def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi
                         o[i + orow, jj + ocol] = nodata
                         if not ok[t]:
                             continue
-                        c = src[cv[t], cu[t]]
+                        c = src[cv[t] - srow0, cu[t]]
                         if has_nodata and c == nodata:
                             continue
                         if kind == 0:
                             o[i + orow, jj + ocol] = c
                             continue
                         ix = ixs[t]
-                        iy = iys[t]
+                        iy = iys[t] - srow0         # row in the block
                         if wide:
                             acc, wsum = _weighted(src, ix - rx + 1, iy - ry + 1, wxs[t],
                                                   wys[t], 2 * rx, 2 * ry, nodata, has_nodata)
@@ -509,7 +512,7 @@ def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi
                         for p in range(2):
                             yy = iy + p
                             wyp = wys[t, p]
-                            if yy < 0 or yy >= sny or wyp == 0.0:
+                            if yy + srow0 < 0 or yy + srow0 >= sny or wyp == 0.0:
                                 continue
                             for q in range(2):
                                 xx = ix + q
@@ -531,14 +534,16 @@ def _resample_multi(srcs, mu, mv, step, r0, c0, kind, nodata, has_nodata, lo, hi
 def resample_bands(sources: list[np.ndarray], mesh, kind: int, nodata, row: int, col: int,
                    height: int, width: int, qai: np.ndarray | None = None, *,
                    out: np.ndarray | None = None, bands=None, orow: int = 0,
-                   ocol: int = 0) -> np.ndarray:
+                   ocol: int = 0, srow0: int = 0,
+                   source_height: int | None = None) -> np.ndarray:
     """Rows ``row``.. and columns ``col``.. (``height`` x ``width``) of the target of
     every band of ``sources`` (same shape and dtype, one source grid; ``mesh`` = (u, v,
     step, ...) of the whole target) as a (bands, height, width) array; each band equals
     :func:`_resample_window` of it. ``qai``: the warped QAI (whole target, or None); the
     bands are nodata where it is nodata (resync, spec 03 P4). With ``out`` (a C-contiguous
     3-D array of the sources' dtype), band ``k`` is written to ``out[bands[k], orow:orow +
-    height, ocol:ocol + width]`` instead, and ``out`` is returned."""
+    height, ocol:ocol + width]`` instead, and ``out`` is returned. ``sources`` may be rows
+    ``srow0``.. of sources of ``source_height`` rows that hold :func:`source_window`."""
     from numba.typed import List
     dtype = sources[0].dtype
     if out is None:
@@ -559,8 +564,47 @@ def resample_bands(sources: list[np.ndarray], mesh, kind: int, nodata, row: int,
     _resample_multi(srcs, u, v, int(step), int(row), int(col), kind, nd, has,
                     float(info.min), float(info.max), sx, sy, q, int(row), int(col),
                     use_qai, int(height), int(width), out, np.asarray(bands, dtype=np.int64),
-                    int(orow), int(ocol))
+                    int(orow), int(ocol), int(srow0),
+                    int(sources[0].shape[0] if source_height is None else source_height))
     return out
+
+
+def source_window(mesh, kind: int, row: int, col: int, height: int, width: int,
+                  source_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The source rows [s0, s1) and columns [c0, c1) that resampling the target window (``row``, ``col``,
+    ``height``, ``width``) with ``mesh`` and ``kind`` from a source of ``source_shape``
+    can read. Positions are bilinear between the mesh nodes, so over a mesh cell they lie
+    between its four nodes' extremes; cells that do not reach the source (or have a
+    non-finite node: no pixel there reads) are left out; then the kernel's reach
+    (widened when downsampling) and a margin are added."""
+    u, v, step = mesh[:3]
+    step = int(step)
+    sny, snx = int(source_shape[0]), int(source_shape[1])
+    if height <= 0 or width <= 0:
+        return 0, 0, 0, 0
+    a0, a1 = row // step, (row + height - 1) // step + 1
+    b0, b1 = col // step, (col + width - 1) // step + 1
+    reach = 0
+    if kind != 0:
+        sy = _mesh_scales(mesh)[1]
+        rad = 1.0 if kind == 1 else 2.0
+        reach = int(np.ceil(rad / sy)) if sy < 0.95 else 2
+    m = reach + 2
+    U, V = u[a0:a1 + 1, b0:b1 + 1], v[a0:a1 + 1, b0:b1 + 1]
+    corners_u = (U[:-1, :-1], U[1:, :-1], U[:-1, 1:], U[1:, 1:])
+    corners_v = (V[:-1, :-1], V[1:, :-1], V[:-1, 1:], V[1:, 1:])
+    with np.errstate(invalid="ignore"):
+        umin, umax = np.minimum.reduce(corners_u), np.maximum.reduce(corners_u)
+        vmin, vmax = np.minimum.reduce(corners_v), np.maximum.reduce(corners_v)
+        use = (np.isfinite(umin) & np.isfinite(umax) & np.isfinite(vmin) & np.isfinite(vmax)
+               & (umax >= -m) & (umin <= snx + m) & (vmax >= -m) & (vmin <= sny + m))
+    if not use.any():
+        return 0, 0, 0, 0
+    s0 = int(np.floor(vmin[use].min())) - m
+    s1 = int(np.ceil(vmax[use].max())) + m + 1
+    c0 = int(np.floor(umin[use].min())) - m
+    c1 = int(np.ceil(umax[use].max())) + m + 1
+    return (max(s0, 0), min(max(s1, 0), sny), max(c0, 0), min(max(c1, 0), snx))
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -607,7 +651,8 @@ def mark_no_band_valid(q: np.ndarray, bands: list[np.ndarray], nodata) -> None:
         b = buf[:r1 - r0]
         b[:] = 0
         for band in bands:
-            _or_valid(band[r0:r1], float(nodata), b)
+            rows = band.valid_rows(r0, r1) if is_row_source(band) else band[r0:r1]
+            _or_valid(rows, float(nodata), b)
         _nodata_where_zero(q[r0:r1], b, qai_mod.QAI_NODATA)
 
 
@@ -616,6 +661,7 @@ def any_valid(bands: list[np.ndarray], nodata) -> np.ndarray:
     band (a typed list of arrays indexed per pixel inside a kernel costs ~40x more)."""
     out = np.zeros(bands[0].shape, dtype=np.uint8)
     for b in bands:
+        b = b.valid_rows(0, b.shape[0]) if is_row_source(b) else b
         _or_valid(np.ascontiguousarray(b), float(nodata), out)
     return out
 
@@ -692,6 +738,8 @@ def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
         band = product.bands[i]
         if band is None:
             raise GridError(f"product {product.name}: band {i + 1} was already consumed")
+        if is_row_source(band):
+            band = band.rows(0, band.shape[0])
         off = integer_offset(g, target)
         if off is not None:
             b = np.full(target.shape, nodata, dtype=band.dtype)
@@ -761,6 +809,17 @@ def _numba_threads(n: int):
         numba.set_num_threads(old)
 
 
+def is_row_source(band) -> bool:
+    """True for a band whose rows are computed when read instead of held in memory: an
+    object with ``shape`` (rows, columns), ``dtype``, ``rows(r0, r1, c0=0, c1=None)``
+    (the band's rows r0..r1 as a full-width array of which at least columns c0..c1 are
+    set; it may be overwritten by the next call) and
+    ``valid_rows(r0, r1)`` (an array of the same rows that is the band's nodata value
+    exactly where the band is; cheaper to make). Example: the Sentinel-2 resolution
+    merge of a TOA-only run (:class:`l2ps.resmerge.MergedBand`)."""
+    return not isinstance(band, np.ndarray) and hasattr(band, "rows")
+
+
 class WarpedBand:
     """One band of a product on the target grid, resampled only when a window of it is
     used: ``band[rows, cols]`` (two slices) gives a :class:`WarpedWindow`, and
@@ -817,13 +876,28 @@ def compute_group(bands: list[WarpedBand], row: int, col: int, height: int, widt
             for k, b in zip(index, bands):
                 o = out[k, orow:orow + height, ocol:ocol + width]
                 o[...] = b.nodata
-                paste(b.source, b.offset[0] - row, b.offset[1] - col, o)
+                src, top = b.source, b.offset[0] - row
+                if is_row_source(src):     # only the rows that land in the window
+                    s0 = min(max(row - b.offset[0], 0), src.shape[0])
+                    s1 = min(max(row - b.offset[0] + height, s0), src.shape[0])
+                    src, top = src.rows(s0, s1), top + s0
+                paste(src, top, b.offset[1] - col, o)
                 if qw is not None:
                     o[qai_mod.is_nodata(qw)] = b.nodata
             return None
-        resample_bands([b.source for b in bands], b0.mesh, b0.kind, b0.nodata, row, col,
-                       height, width, b0.qai, out=out, bands=list(index), orow=orow,
-                       ocol=ocol)
+        srcs = [b.source for b in bands]
+        srow0, height_src = 0, None
+        if any(is_row_source(s) for s in srcs):
+            # rows computed on demand: only the block of rows the window reads
+            height_src = srcs[0].shape[0]
+            srow0, s1, c0, c1 = source_window(b0.mesh, b0.kind, row, col, height, width,
+                                              srcs[0].shape)
+            s1 = max(s1, min(srow0 + 1, height_src))
+            srcs = [s.rows(srow0, s1, c0, c1) if is_row_source(s) else s[srow0:s1]
+                    for s in srcs]
+        resample_bands(srcs, b0.mesh, b0.kind, b0.nodata, row, col, height, width, b0.qai,
+                       out=out, bands=list(index), orow=orow, ocol=ocol, srow0=srow0,
+                       source_height=height_src)
         return None
 
 
@@ -950,7 +1024,8 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
             continue
         kind = _KIND[resampling_of(p)]
         with clock("warp"):
-            bands = [WarpedBand(np.ascontiguousarray(b), g, target, kind, p.nodata, mesh(g),
+            bands = [WarpedBand(b if is_row_source(b) else np.ascontiguousarray(b), g,
+                                target, kind, p.nodata, mesh(g),
                                 q if p.name != "OVV" else None, clock=clock)
                      for b, g in zip(p.bands, p.grids)]
         out.append(replace(p, bands=bands, grids=[target] * p.nbands))
