@@ -356,6 +356,9 @@ def initial_qai(level1: Level1, dn: dict, grid: Grid, buffer_nodata: bool = Fals
         raise ValueError(f"initial_qai needs the DNs of every band; missing: {missing}")
     nodata = np.zeros(grid.shape, dtype=np.bool_)
     sat = np.zeros(grid.shape, dtype=np.bool_)
+    # bands on a coarser grid: their masks are ORed on that grid and mapped once per grid
+    # (Sentinel-2: 2 mappings to 10 m instead of 9 per mask)
+    coarse: dict[Grid, list] = {}
     for domain, band in level1.bands.items():
         arr, bg = _as_band_array(level1, domain, dn[domain], grid)
         if arr.shape != bg.shape:
@@ -365,27 +368,28 @@ def initial_qai(level1: Level1, dn: dict, grid: Grid, buffer_nodata: bool = Fals
         same = (bg.shape == grid.shape and abs(bg.x0 - grid.x0) < 1e-6 * bg.dx
                 and abs(bg.y0 - grid.y0) < 1e-6 * bg.dy and abs(bg.dx - grid.dx) < 1e-9 * bg.dx
                 and abs(bg.dy - grid.dy) < 1e-9 * bg.dy)
-        rows = cols = None
-        if not same:
-            rows, cols = pixel_index(grid, bg)
         if same and not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
+        if not same:
+            masks = coarse.setdefault(bg, [np.zeros(bg.shape, np.bool_),
+                                           np.zeros(bg.shape, np.bool_), False])
         if domain != "CIRRUS":
-            if same:            # straight into the mask: no full-scene temporary
-                _or_compare(arr, 0, False, nodata)
-            else:
-                _or_mapped(arr == 0, rows, cols, True, nodata)
+            # straight into the mask: no full-scene temporary
+            _or_compare(arr, 0, False, nodata if same else masks[0])
+            if not same:
+                masks[2] = True             # outside this grid's raster: nodata
         if not band.thermal:
             thr = spec.saturation_dn
             if spec.mission == "sentinel2":
                 thr = s2_saturation_dn(band, spec.saturation_dn)
-            if same:
-                _or_compare(arr, thr, True, sat)
-            else:
-                s = arr >= thr
-                if s.any():
-                    _or_mapped(s, rows, cols, False, sat)
-                del s
+            _or_compare(arr, thr, True, sat if same else masks[1])
+    for bg, (nd, st, has_nodata) in coarse.items():
+        rows, cols = pixel_index(grid, bg)
+        if has_nodata:
+            _or_mapped(nd, rows, cols, True, nodata)
+        if st.any():
+            _or_mapped(st, rows, cols, False, sat)
+    del coarse
     if buffer_nodata:
         nodata = buffer_plus(nodata)
     if impulse_noise and spec.eight_bit:
