@@ -276,6 +276,35 @@ def test_ovv_quicklook_is_8bit_jpeg(tmp_path):
     assert not list(tmp_path.rglob("*.aux.xml"))
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("fmt", ["GTiff", "COG"])
+def test_ovv_is_the_quicklook_of_the_written_files(tmp_path, fmt):
+    """The OVV equals the quicklook sampled from the tile files (GTiff written directly
+    keeps the samples while writing; COG and merged tiles read them back), also after a
+    second image has been merged into the tiles."""
+    from l2ps.cube.write import _ovv_colours, _ovv_indices
+    for k, img in enumerate([Image(5, 7, ny=50, nx=60, seed=1), Image(20, 30, seed=2)]):
+        r = write(img, tmp_path, f"L{k}", params={"OUTPUT_OVV": True, "OUTPUT_FORMAT": fmt})
+        ovvs = [w.path for w in r.files if w.path.name.endswith("_OVV.jpg")]
+        assert len(ovvs) == len(r.tiles_written) >= 2
+        for f in ovvs:
+            with rasterio.open(f.parent / "20200101_LEVEL2_LND08_QAI.tif") as ds:
+                q = ds.read(1)
+            with rasterio.open(f.parent / "20200101_LEVEL2_LND08_BOA.tif") as ds:
+                rgb = ds.read([3, 2, 1])
+            ii, jj = _ovv_indices(q.shape[0], q.shape[1], RES)
+            want = _ovv_colours(rgb[:, ii[:, None], jj[None, :]], q[ii[:, None], jj[None, :]])
+            with rasterio.open(f) as ds:
+                got = ds.read()
+            # JPEG is lossy: the same image compressed the same way
+            ref = tmp_path / "ref.jpg"
+            with rasterio.open(ref, "w", driver="JPEG", width=want.shape[2],
+                               height=want.shape[1], count=3, dtype="uint8") as ds:
+                ds.write(want)
+            with rasterio.open(ref) as ds:
+                assert np.array_equal(got, ds.read()), f
+
+
 # ------------------------------------------------------------------- mosaicking
 def test_mosaic_two_images_mean_and_qai_merge(tmp_path):
     a, b = Image(10, 15, seed=1), Image(25, 35, seed=2)

@@ -356,6 +356,8 @@ class _GroupWriter:
         self.lock_timeout = lock_timeout
         self.num_threads = max(int(num_threads), 1)
         self.contrib = folder / CONTRIB_DIR / prefix
+        self._ovv: tuple[np.ndarray, np.ndarray] | None = None
+        self._ovv_samples: dict[str, np.ndarray] = {}
 
     def path(self, product: str) -> Path:
         ext = "jpg" if product == "OVV" else self.fmt.extension
@@ -404,12 +406,44 @@ class _GroupWriter:
         """This image's data as the only content of the tile file, written directly
         (:func:`formats.write_tile_direct`; GTiff): the bands are resampled strip by
         strip, all bands sharing a source grid in one pass."""
+        capture = self._ovv_capture(product, win)
+
+        def rows(r0, r1, out, orow, ocol):
+            compute_windows(bands, r0, r1, out, orow, ocol, timed=False)
+            if capture is not None:
+                capture(r0, r1, out, orow, ocol)
+
         with self.clock("write"):
             atomic_write(path, lambda t: formats.write_tile_direct(
-                t, grid, product.nbands, self.fmt, spec, product.name,
-                lambda r0, r1, out, orow, ocol: compute_windows(
-                    bands, r0, r1, out, orow, ocol, timed=False),
+                t, grid, product.nbands, self.fmt, spec, product.name, rows,
                 win, aligned, num_threads=self.num_threads, clock=self.clock))
+
+    def _ovv_capture(self, product: Product, win: formats.Window):
+        """While a tile file is written directly (its only content: this image inside
+        ``win``, nodata elsewhere), keep the pixels the OVV samples of it (QAI; RED,
+        GREEN, BLUE of BOA/TOA): the quicklook then reads nothing back. Returns the
+        ``rows`` hook, or None when no OVV is made or the product has none of those."""
+        if self._ovv is None:
+            return None
+        if product.name == "QAI":
+            idx = [0]
+        elif product.name in ("BOA", "TOA") and all(
+                n in product.band_names for n in ("RED", "GREEN", "BLUE")):
+            idx = [product.band_names.index(n) for n in ("RED", "GREEN", "BLUE")]
+        else:
+            return None
+        ii, jj = self._ovv
+        got = np.full((len(idx), len(ii), len(jj)), product.nodata, dtype=np.int16)
+        cj = np.nonzero((jj >= win.col) & (jj < win.col1))[0]
+        cols = jj[cj] - win.col
+        self._ovv_samples[product.name] = got
+
+        def capture(r0, r1, out, orow, ocol):
+            sel = np.nonzero((ii >= win.row + r0) & (ii < win.row + r1))[0]
+            if len(sel) and len(cj):
+                got[:, sel[:, None], cj[None, :]] = out[np.ix_(
+                    idx, orow + ii[sel] - win.row - r0, ocol + cols)]
+        return capture
 
     def _single(self, path: Path, product: Product, bands: list[np.ndarray],
                 win: formats.Window, aligned: formats.Window, grid: Grid, tmp: Path) -> None:
@@ -613,6 +647,9 @@ class _GroupWriter:
             paths.append(self.path("OVV"))
         written: list[WrittenFile] = []
         windows: dict[str, formats.Window] = {}
+        # the OVV's sample positions, and the samples kept while files are written directly
+        self._ovv = _ovv_indices(grid.ny, grid.nx, res) if ovv else None
+        self._ovv_samples = {}
         with file_locks(paths, self.lock_timeout):
             self._sweep_stale_temporaries()
             tmp = Path(tempfile.mkdtemp(prefix=f".{self.prefix}.tmp-", dir=self.folder))
@@ -634,12 +671,15 @@ class _GroupWriter:
                    grid: Grid, res: float) -> WrittenFile:
         """OVV (spec 03 §3.4) sampled from the merged BOA/TOA and QAI files."""
         ii, jj = _ovv_indices(grid.ny, grid.nx, res)
-        q = _sample_file(self.path("QAI"), [1], windows["QAI"], ii, jj, qai_mod.QAI_NODATA)[0]
+        kept = self._ovv_samples            # pixels kept while writing (the same values)
+        q = kept["QAI"][0] if "QAI" in kept else _sample_file(
+            self.path("QAI"), [1], windows["QAI"], ii, jj, qai_mod.QAI_NODATA)[0]
         refl = next((p for p in products if p.name in ("BOA", "TOA")), None)
         rgb = None
         if refl is not None and all(n in refl.band_names for n in ("RED", "GREEN", "BLUE")):
             idx = [refl.band_names.index(n) + 1 for n in ("RED", "GREEN", "BLUE")]
-            rgb = _sample_file(self.path(refl.name), idx, windows[refl.name], ii, jj, refl.nodata)
+            rgb = kept[refl.name] if refl.name in kept else _sample_file(
+                self.path(refl.name), idx, windows[refl.name], ii, jj, refl.nodata)
         img = _ovv_colours(rgb, q.view(np.uint16))
         path = self.path("OVV")
         mode = "update" if path.exists() else "create"
