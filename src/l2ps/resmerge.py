@@ -795,10 +795,10 @@ def _packed(qai: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-#: MergedRows: extra rows allocated for a block, and columns computed beyond those asked
-#: for, so that the next strips of a cube tile (a few rows further down, shifted by a
-#: few columns) reuse the block instead of reallocating or recomputing it
-_ROW_SLACK = 256
+#: MergedRows: spare rows of a block's buffer (the kept rows move to its front only when
+#: the new ones do not fit: every ~3 cube strips of 256 rows), and columns computed beyond
+#: those asked for (the next strips of a tile are shifted by a few columns)
+_ROW_SLACK = 768
 _COLUMN_SLACK = 128
 
 
@@ -828,8 +828,8 @@ class MergedRows:
         self._oi, self._oj = _kernel_offsets(2)
         self._wtab = _improphe_weights(int(_IMPROPHE_SUM_THR[-1]))
         self._buf: np.ndarray | None = None
-        self._c0 = self._c1 = 0
-        self._x = (0, 0)                   # columns set in the kept block
+        self._c0 = self._c1 = self._off = 0          # rows of the kept block, its offset
+        self._x = (0, 0)                              # and its columns
 
     def capture_nodata(self, qai: np.ndarray) -> None:
         """Rows made from now on are nodata where ``qai`` has its nodata bit."""
@@ -868,42 +868,62 @@ class MergedRows:
 
     def block(self, s0: int, s1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
         """Rows s0..s1 of the six bands, (6, s1 − s0, nx) int16, of which at least
-        columns c0..c1 (default: all) are set (valid until the next call)."""
+        columns c0..c1 (default: all) are set (valid until the next call).
+
+        The kept block: rows r0..r1 at offset ``off`` of the buffer, columns x0..x1. A
+        request further down that overlaps it keeps the shared rows (the buffer has
+        :data:`_ROW_SLACK` spare rows, so they are moved to its front only every few
+        requests), adds the columns it lacks and computes only the new rows; any other
+        request starts a new block."""
         ny, nx = self.shape
         c1 = nx if c1 is None else c1
         s0, s1 = max(int(s0), 0), min(int(s1), ny)
         s1 = max(s1, s0)
         c0, c1 = max(int(c0), 0), min(int(c1), nx)
         c1 = max(c1, c0)
-        buf, r0, r1 = self._buf, self._c0, self._c1
+        buf, r0, r1, off = self._buf, self._c0, self._c1, self._off
         x0, x1 = self._x
         cols_ok = x0 <= c0 and c1 <= x1
         if buf is not None and cols_ok and r0 <= s0 and s1 <= r1:
-            return buf[:, s0 - r0:s1 - r0]
-        keep = buf is not None and cols_ok and r0 <= s0 < r1    # moving down: reuse
-        if not keep:          # new columns: a little wider, so the next strips fit too
-            x0, x1 = max(c0 - _COLUMN_SLACK, 0), min(c1 + _COLUMN_SLACK, nx)
-            if x1 - x0 > nx - 2 * _COLUMN_SLACK:
-                x0, x1 = 0, nx
-        start = r1 if keep else s0
-        if buf is None or buf.shape[1] < s1 - s0:
-            if not keep:                                      # the old block goes first
-                self._buf = buf = None
-            cap = max(s1 - s0 + _ROW_SLACK, 1)                # room to grow a little
-            new = np.empty((len(self.coarse), cap, nx), np.int16)
-            if keep:
-                new[:, :r1 - s0] = buf[:, s0 - r0:r1 - r0]
-            self._buf = buf = new
-        elif keep and s0 > r0:
-            d = s0 - r0                                       # rows up by d, in pieces
-            for k in range(0, r1 - s0, d):                    # that do not overlap
-                e = min(k + d, r1 - s0)
-                for b in range(buf.shape[0]):                 # (per band: no temporary)
-                    buf[b, k:e] = buf[b, k + d:e + d]
+            return buf[:, off + s0 - r0:off + s1 - r0]
+        nb = len(self.coarse)
+
+        def widen(a: int, b: int) -> tuple[int, int]:
+            a, b = max(a - _COLUMN_SLACK, 0), min(b + _COLUMN_SLACK, nx)
+            return (0, nx) if b - a > nx - 2 * _COLUMN_SLACK else (a, b)
+
+        if buf is not None and r0 <= s0 < r1:            # moving down: keep the overlap
+            off += s0 - r0
+            r0 = s0
+            if off + (s1 - r0) > buf.shape[1]:
+                if s1 - r0 <= buf.shape[1]:
+                    for k in range(0, r1 - r0, off):       # to the front, in pieces that
+                        e = min(k + off, r1 - r0)          # do not overlap, per band (no
+                        for b in range(nb):                # temporary)
+                            buf[b, k:e] = buf[b, off + k:off + e]
+                else:
+                    new = np.empty((nb, s1 - r0 + _ROW_SLACK, nx), np.int16)
+                    new[:, :r1 - r0] = buf[:, off:off + r1 - r0]
+                    self._buf = buf = new
+                off = 0
+            if not cols_ok:                                # add the columns it lacks
+                nx0, nx1 = widen(min(c0, x0), max(c1, x1))
+                for a, b in ((nx0, x0), (x1, nx1)):
+                    if b > a:
+                        self._compute(r0, r1, a, b, buf[:, off:off + r1 - r0, a:b])
+                x0, x1 = nx0, nx1
+            start = r1
+        else:                                              # a new block
+            x0, x1 = widen(c0, c1)
+            if buf is None or buf.shape[1] < s1 - s0:
+                self._buf = buf = None                     # the old block goes first
+                buf = np.empty((nb, s1 - s0 + _ROW_SLACK, nx), np.int16)
+                self._buf = buf
+            r0, off, start = s0, 0, s0
         if s1 > start:
-            self._compute(start, s1, x0, x1, buf[:, start - s0:s1 - s0, x0:x1])
-        self._c0, self._c1, self._x = s0, s1, (x0, x1)
-        return buf[:, :s1 - s0]
+            self._compute(start, s1, x0, x1, buf[:, off + start - r0:off + s1 - r0, x0:x1])
+        self._c0, self._c1, self._off, self._x = r0, s1, off, (x0, x1)
+        return buf[:, off:off + s1 - r0]
 
     def bands(self) -> list["MergedBand"]:
         return [MergedBand(self, k) for k in range(len(self.coarse))]

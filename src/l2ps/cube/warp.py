@@ -928,32 +928,37 @@ def source_window(mesh, kind: int, row: int, col: int, height: int, width: int,
 
 @njit(cache=True, parallel=True, nogil=True)
 def _or_valid(band, nodata, out):  # pragma: no cover
-    """out = 1 where ``band`` is not ``nodata`` (out unchanged elsewhere)."""
+    """out = 1 where ``band`` is not ``nodata`` (out unchanged elsewhere). Branch-free
+    inner loops here and below: they vectorise (a store per hit does not)."""
     ny, nx = out.shape
     for i in prange(ny):
+        b = band[i]
+        o = out[i]
         for j in range(nx):
-            if band[i, j] != nodata:
-                out[i, j] = 1
+            o[j] = o[j] | np.uint8(b[j] != nodata)
 
 
 @njit(cache=True, parallel=True)
 def _nodata_where_zero(q, valid, nodata):  # pragma: no cover
     """q = ``nodata`` where ``valid`` is 0 (in place)."""
     ny, nx = q.shape
+    nd = q.dtype.type(nodata)
     for i in prange(ny):
+        r = q[i]
+        v = valid[i]
         for j in range(nx):
-            if valid[i, j] == 0:
-                q[i, j] = nodata
+            r[j] = nd if v[j] == 0 else r[j]
 
 
 @njit(cache=True, parallel=True)
 def _normalize_nodata(q, nodata):  # pragma: no cover
     """q = ``nodata`` where its bit 0 (QAI nodata) is set (in place; no temporaries)."""
     ny, nx = q.shape
+    nd = q.dtype.type(nodata)
     for i in prange(ny):
+        r = q[i]
         for j in range(nx):
-            if q[i, j] & 1:
-                q[i, j] = nodata
+            r[j] = nd if (r[j] & 1) != 0 else r[j]
 
 
 #: rows per strip of :func:`mark_no_band_valid` (its uint8 buffer: rows × columns)
@@ -1014,7 +1019,9 @@ def _scales(u: np.ndarray, v: np.ndarray, step: int) -> tuple[float, float]:
 def _resample_window(band: np.ndarray, mesh, kind: int, nodata, row: int, col: int,
                      height: int, width: int) -> np.ndarray:
     """Rows ``row``.. and columns ``col``.. (``height`` x ``width``) of the target,
-    resampled from ``band`` with ``mesh`` = (u, v, step, ...) of the whole target."""
+    resampled from ``band`` with ``mesh`` = (u, v, step, ...) of the whole target, by the
+    per-pixel kernel :func:`_resample` (the tests' reference: the warper itself uses the
+    faster :func:`resample_bands`, which gives the same pixels)."""
     u, v, step = mesh[:3]
     out = np.empty((height, width), dtype=band.dtype)
     if height == 0 or width == 0:
@@ -1035,8 +1042,7 @@ def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, n
     The thread count is numba's (results do not depend on it)."""
     if mesh is None:
         mesh = source_mesh(src, dst)
-    return _resample_window(np.ascontiguousarray(band), mesh, _KIND[resampling], nodata,
-                            0, 0, dst.ny, dst.nx)
+    return resample_bands([band], mesh, _KIND[resampling], nodata, 0, 0, dst.ny, dst.nx)[0]
 
 
 def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
@@ -1326,8 +1332,8 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
                     w = np.zeros(target.shape, dtype=np.uint8)
                     paste(anyv, off[0], off[1], w)
                 else:
-                    w = _resample_window(anyv, mesh(g), _NEAREST, 0, 0, 0, target.ny,
-                                         target.nx)
+                    w = resample_bands([anyv], mesh(g), _NEAREST, 0, 0, 0, target.ny,
+                                       target.nx)[0]
                 del anyv
                 if valid is None:
                     valid = w
