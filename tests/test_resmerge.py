@@ -372,6 +372,8 @@ def _masked_scene(ny, nx, seed):
         scene.toa[d][off] = -9999
     scene.toa["RED"][rng.random(qai.shape) < 0.01] = -9999
     scene.toa["SWIR1"][rng.random(scene.toa["SWIR1"].shape) < 0.02] = -9999
+    for d in RM.TARGETS:                       # no 20 m band valid there
+        scene.toa[d][ny // 4:ny // 4 + 5, nx // 4:nx // 4 + 6] = -9999
     return scene
 
 
@@ -411,4 +413,8 @@ def test_merged_when_read_equals_the_merge(seed):
         # valid_rows: nodata exactly where the merged band is, outside the products' nodata
         v = bands[k].valid_rows(0, ny)
         assert np.array_equal((v == -9999)[~off], (ref[d] == -9999)[~off])
+    none = np.all([b.valid_rows(0, ny) == -9999 for b in bands], axis=0)
+    assert none.any() and not none.all()
+    assert np.array_equal(merged.any_valid_rows(0, ny) == -9999, none)
+    assert np.array_equal(merged.any_valid_rows(30, 70) == -9999, none[30:70])
     assert merged.pixels_merged == stats["pixels_merged"] > 0

@@ -828,6 +828,7 @@ class MergedRows:
         self._oi, self._oj = _kernel_offsets(2)
         self._wtab = _improphe_weights(int(_IMPROPHE_SUM_THR[-1]))
         self._buf: np.ndarray | None = None
+        self._buffers: dict[str, np.ndarray] = {}
         self._c0 = self._c1 = self._off = 0          # rows of the kept block, its offset
         self._x = (0, 0)                              # and its columns
 
@@ -851,11 +852,13 @@ class MergedRows:
         rad = 2                                               # the kernel's radius
         q0, q1 = max(a - rad, 0), min(b + rad, ny)
         h0, h1 = max(x0 - rad, 0), min(x1 + rad, nx)
-        qloc = np.empty((q1 - q0, h1 - h0), np.uint16)
+        qloc = self._scratch("q", (q1 - q0, h1 - h0), np.uint16)
         _unpack_rows(self.skip, q0, h0, qloc)
-        # (the kernel's output C-contiguous: one compiled variant less)
+        # the kernel writes C-contiguous arrays (one compiled variant); its scratch
+        # buffers are reused (fresh pages cost the kernel's time again in page faults)
         direct = h0 == x0 and h1 == x1 and out.flags.c_contiguous
-        tmp = out if direct else np.empty((len(self.coarse), b - a, h1 - h0), np.int16)
+        tmp = out if direct else self._scratch("out", (len(self.coarse), b - a, h1 - h0),
+                                               np.int16)
         cols = slice(h0, h1)
         _improphe(self.g[:, cols], self.r[:, cols], self.n[:, cols], qloc, self.coarse,
                   self.rmap, self.cmap[cols], self._oi, self._oj, _IMPROPHE_SUM_THR,
@@ -865,6 +868,27 @@ class MergedRows:
         if self.nodata is not None:
             _nodata_where_bits(self.nodata, a, x0, out)
         self.seconds += time.perf_counter() - t0
+
+    def _scratch(self, key: str, shape: tuple, dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` on a buffer kept between calls."""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size:
+            self._buffers[key] = buf = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+    def any_valid_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 (int16): 0 where one of the six bands is valid, nodata where none
+        is (:meth:`MergedBand.valid_rows` of all six at once: one replication)."""
+        out = np.empty((max(r1 - r0, 0), self.shape[1]), np.int16)
+        if r1 <= r0:
+            return out
+        c0, c1 = int(self.rmap[r0]), int(self.rmap[r1 - 1]) + 1    # their 20 m rows
+        anyv = np.full((c1 - c0, self.coarse[0].shape[1]), NODATA, np.int16)
+        for c in self.coarse:
+            anyv[c[c0:c1] != NODATA] = 0
+        _replicate_rows(anyv, self.rmap - c0, self.cmap, r0, out)
+        return out
 
     def block(self, s0: int, s1: int, c0: int = 0, c1: int | None = None) -> np.ndarray:
         """Rows s0..s1 of the six bands, (6, s1 − s0, nx) int16, of which at least

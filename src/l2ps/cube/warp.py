@@ -974,8 +974,18 @@ def mark_no_band_valid(q: np.ndarray, bands: list[np.ndarray], nodata) -> None:
         r1 = min(r0 + _MARK_ROWS, ny)
         b = buf[:r1 - r0]
         b[:] = 0
+        done = set()
         for band in bands:
-            rows = band.valid_rows(r0, r1) if is_row_source(band) else band[r0:r1]
+            if is_row_source(band):
+                group = getattr(band, "merged", None)     # bands computed together:
+                if group is not None and hasattr(group, "any_valid_rows"):
+                    if id(group) not in done:             # their validity in one go
+                        done.add(id(group))
+                        _or_valid(group.any_valid_rows(r0, r1), float(nodata), b)
+                    continue
+                rows = band.valid_rows(r0, r1)
+            else:
+                rows = band[r0:r1]
             _or_valid(rows, float(nodata), b)
         _nodata_where_zero(q[r0:r1], b, qai_mod.QAI_NODATA)
 
@@ -1140,8 +1150,10 @@ def is_row_source(band) -> bool:
     (the band's rows r0..r1 as a full-width array of which at least columns c0..c1 are
     set; it may be overwritten by the next call) and
     ``valid_rows(r0, r1)`` (an array of the same rows that is the band's nodata value
-    exactly where the band is; cheaper to make). Example: the Sentinel-2 resolution
-    merge of a TOA-only run (:class:`l2ps.resmerge.MergedBand`)."""
+    exactly where the band is; cheaper to make). Bands sharing a ``merged`` object with
+    ``any_valid_rows(r0, r1)`` (nodata where none of them is valid) are tested together
+    (:func:`mark_no_band_valid`). Example: the Sentinel-2 resolution merge of a TOA-only
+    run (:class:`l2ps.resmerge.MergedBand`)."""
     return not isinstance(band, np.ndarray) and hasattr(band, "rows")
 
 
