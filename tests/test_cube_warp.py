@@ -326,3 +326,21 @@ def test_multi_band_kernel_fast_paths_equal_the_per_pixel_kernel(seed):
                     blk = resample_bands([bb[s0:s1] for bb in bands], mesh, kind, -9999, r0,
                                          c0, h, w, srow0=s0, source_height=band.shape[0])
                     assert np.array_equal(blk, got)
+
+
+def test_row_sources_pasted_on_their_own_grid():
+    """Bands already on the target's pixel grid (DO_REPROJ = FALSE) are pasted from the
+    rows the window needs, as arrays are."""
+    src, band = _scene(200)
+    tgt = Grid(src.crs_wkt, src.x0 - 30.0, src.y0 + 50.0, 10.0, 10.0, src.nx + 7, src.ny + 9)
+    eager = warp_products(_products(src, band), tgt)
+    prods = _products(src, band)
+    prods[1] = Product("TOA", [_RowSource(b) if b.shape == band.shape else b
+                               for b in prods[1].bands], prods[1].grids,
+                       prods[1].band_names, -9999, 10000.0, "cubic")
+    lazy = warp_products_lazy(prods, tgt, release_qai=True)
+    for r0, c0, h, w in [(0, 0, tgt.ny, tgt.nx), (3, 1, 20, 30), (tgt.ny - 6, 0, 6, tgt.nx)]:
+        for bl, be in zip(lazy[1].bands, eager[1].bands):
+            assert np.array_equal(np.asarray(bl[r0:r0 + h, c0:c0 + w]), be[r0:r0 + h, c0:c0 + w])
+    asked = prods[1].bands[0].asked
+    assert asked and min(b - a for a, b, _, _ in asked) < 25      # the small windows
