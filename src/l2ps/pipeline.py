@@ -183,7 +183,8 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                 and params.file_aoi is None and not params.erase_clouds)
         with timer("resmerge"):
             from .resmerge import resolution_merge
-            # BLUE is no predictor: on disk while the six 10 m bands are made (the peak)
+            # BLUE is no predictor: on disk while the six 10 m bands are made (the peak of
+            # the merge made now; the merge made when read has no such peak)
             with _parked(scene, () if lazy else ("BLUE",), params.dir_temp):
                 record["res_merge"] = resolution_merge(scene, params.res_merge,
                                                        nthreads=nthreads, lazy=lazy)

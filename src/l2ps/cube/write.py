@@ -669,7 +669,8 @@ class _GroupWriter:
 
     def _write_ovv(self, products: list[Product], windows: dict[str, formats.Window],
                    grid: Grid, res: float) -> WrittenFile:
-        """OVV (spec 03 §3.4) sampled from the merged BOA/TOA and QAI files."""
+        """OVV (spec 03 §3.4) sampled from the merged BOA/TOA and QAI files (the samples
+        kept while a file was written directly, :meth:`_ovv_capture`, are the same)."""
         ii, jj = _ovv_indices(grid.ny, grid.nx, res)
         kept = self._ovv_samples            # pixels kept while writing (the same values)
         q = kept["QAI"][0] if "QAI" in kept else _sample_file(
