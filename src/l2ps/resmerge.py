@@ -124,18 +124,6 @@ def _coarse_valid(coarse, cvalid):
             cvalid[ci, cj] = ok
 
 
-@njit(cache=True, parallel=True)
-def _replicate(coarse, rmap, cmap, out):
-    """NONE: nearest-neighbour copy of each coarse band onto the fine grid."""
-    nb, ny, nx = out.shape
-    for i in prange(ny):
-        ci = rmap[i]
-        for b in range(nb):
-            src = coarse[b]
-            for j in range(nx):
-                out[b, i, j] = src[ci, cmap[j]]
-
-
 # ------------------------------------------------------------------------------ IMPROPHE
 _IMPROPHE_CHUNK = 32     # image rows per parallel work item
 _IMPROPHE_STRIP = 512    # columns per vectorised strip (working arrays stay in L1/L2)
@@ -1073,7 +1061,8 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
         if need_cvalid:
             _coarse_valid(coarse, cvalid)
         if m == "NONE":
-            _replicate(coarse, rmap, cmap, out)
+            for k in range(len(TARGETS)):
+                _replicate_rows(coarse[k], rmap, cmap, 0, out[k])
             merged = 0
         elif m == "IMPROPHE":
             oi, oj = _kernel_offsets(2)
