@@ -233,7 +233,7 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                 timer.stages[f"cube.{name}"]["cpu_seconds"] = round(float(cube_cpu[name]), 3)
     if merged_rows is not None:
         # the merge ran inside the cube stage (its worker thread): seconds computing rows
-        record["res_merge"]["pixels_merged"] = merged_rows.pixels_merged
+        record["res_merge"]["pixels_merged"] = merged_rows.count_merged()
         timer.stages["cube.resmerge"] = {"seconds": round(merged_rows.seconds, 3)}
         del merged_rows
     fragments.append(f"{result.n_tiles:2d} product(s) written.")

@@ -824,8 +824,7 @@ class MergedRows:
         """Rows made from now on are nodata where ``qai`` has its nodata bit."""
         self.nodata = _packed(qai, 1)
 
-    @property
-    def pixels_merged(self) -> int:
+    def count_merged(self) -> int:
         """Pixels IMPROPHE merges in the whole image (as :func:`resolution_merge` counts
         them: the usable ones; whether or not the cube has read their rows)."""
         return int(_count_usable(self.g, self.r, self.n, self.skip, self.coarse, self.rmap,
@@ -1004,7 +1003,7 @@ def resolution_merge(scene: Scene, method: str, *, nthreads: int | None = None,
     20 m bands and two QAI bits per pixel are kept; the QAI and the predictors must not
     change in a way that matters meanwhile: nodata, cloud and shadow bits as they are now,
     predictor values where those bits are clear). ``pixels_merged`` is then 0 here and
-    :attr:`MergedRows.pixels_merged` later.
+    :meth:`MergedRows.count_merged` later.
 
     Returns stats: ``method``, ``seconds``, ``pixels_merged`` (10 m pixels computed by the
     method), ``bands``. For a scene that is not Sentinel-2 nothing happens

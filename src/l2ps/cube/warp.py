@@ -1056,19 +1056,22 @@ def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, n
 
 
 def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
-                 max_mem: int = MAX_MEM, consume: bool = False) -> Product:
+                 max_mem: int = MAX_MEM, consume: bool = False,
+                 meshes: dict[Grid, tuple] | None = None) -> Product:
     """``product`` with every band on ``target`` (same dtype; QAI nearest-neighbour and
     normalised: every nodata pixel is exactly 1), computed now, band by band.
 
     Each band's nodata is its own. ``consume=True`` drops each source band from
     ``product.bands`` (sets it to None, in place) once it is warped, so that its memory
     is freed as the warped bands are made (the caller must not need the source
-    afterwards). ``max_mem`` is kept for compatibility (the warp needs no chunking)."""
+    afterwards). ``max_mem`` is kept for compatibility (the warp needs no chunking).
+    ``meshes``: the caller's coordinate meshes per source grid (used and filled), so
+    that a mesh is computed once for all products on one grid."""
     nodata = product.nodata
     resampling = resampling_of(product)
     out_bands: list[np.ndarray | None] = [None] * product.nbands
     grids = list(product.grids)
-    meshes: dict[Grid, tuple] = {}           # one coordinate mesh per source grid
+    meshes = {} if meshes is None else meshes    # one coordinate mesh per source grid
     for i, g in enumerate(grids):
         band = product.bands[i]
         if band is None:
@@ -1326,7 +1329,7 @@ def warp_products_lazy(products: list[Product], target: Grid, *, num_threads: in
             q = src_q                       # already on the target: no copy
             _normalize_nodata(q, qai_mod.QAI_NODATA)
         else:
-            q = warp_product(qai_p, target, num_threads=num_threads).bands[0]
+            q = warp_product(qai_p, target, num_threads=num_threads, meshes=meshes).bands[0]
         del src_q
         if release_qai and isinstance(qai_p.bands, list):
             qai_p.bands[0] = None           # only the warped QAI is read from now on
