@@ -10,8 +10,8 @@ from l2ps import qai as Q
 from l2ps.clouds import cloud_distance, erase_clouds
 from l2ps.clouds.finalize import GridMap, bin_centre_elevation_km, finalize
 from l2ps.clouds.morphology import (buffer_disk, components8, disk_footprint,
-                                    distance_transform, drop_small_objects, majority_fill,
-                                    split_object_lists)
+                                    distance_transform, drop_small_objects, fill_holes,
+                                    majority_fill, split_object_lists)
 from l2ps.clouds.stats import quantile_float, quantile_int16
 from l2ps.grid import Grid
 
@@ -408,6 +408,33 @@ def test_mark_beyond_equals_distance_threshold():
         mark_beyond(m, limit, bits, 128)
         assert ((bits & 128) != 0).tolist() == (d > limit).tolist()
         assert ((bits & 127) == before).all()
+
+
+def test_fill_holes_equals_scipy():
+    """fill_holes (union-find over runs of FALSE pixels) against
+    scipy.ndimage.binary_fill_holes: random masks of every density (diagonal gaps, which
+    a 4-connected background does not cross), rings, blobs touching each border, and
+    degenerate shapes."""
+    rng = np.random.default_rng(21)
+    masks = []
+    for shape in [(1, 1), (1, 9), (9, 1), (2, 2), (3, 3), (40, 55), (120, 90)]:
+        for p in (0.0, 0.3, 0.5, 0.6, 0.75, 1.0):
+            masks += [rng.random(shape) < p for _ in range(4)]
+    ring = np.zeros((30, 40), bool)
+    ring[5:20, 5:30] = True
+    ring[7:18, 7:28] = False                     # a hole
+    ring[10:12, 10:12] = True                    # an island in the hole
+    masks.append(ring)
+    cut = ring.copy()
+    cut[5:7, 15] = False                         # the hole opens to the outside
+    masks.append(cut)
+    diag = np.zeros((5, 5), bool)
+    diag[[0, 1, 1, 2, 3, 3, 4], [1, 0, 2, 1, 3, 4, 3]] = True   # a diagonal-only gap
+    masks.append(diag)
+    for m in masks:
+        assert np.array_equal(fill_holes(m), ndimage.binary_fill_holes(m)), m.shape
+    assert fill_holes(ring)[7:18, 7:28].all()
+    assert np.array_equal(fill_holes(cut), cut)        # no hole left to fill
 
 
 @pytest.mark.parametrize("seed", [13, 14, 15])

@@ -148,8 +148,11 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         # bands only a later stage reads wait on disk while the cloud stage has its peak
         with _parked(scene, CLOUD_STAGE_PARKED.get(level1.mission, ()), params.dir_temp):
             clouds = detect_clouds(scene, params, release_bands=True)
+    cloud_cpu = clouds.stats.get("cpu_timings") or {}
     for name, seconds in (clouds.stats.get("timings") or {}).items():
-        timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
+        entry = timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
+        if isinstance(cloud_cpu.get(name), (int, float)):
+            entry.setdefault("cpu_seconds", round(float(cloud_cpu[name]), 3))
     scene.extra.pop("cloud_objects", None)     # diagnostics only; a full-size int32 array
     # thermal and cirrus bands serve the cloud detection only (internal, spec 01 §8)
     _drop_bands(scene, ("TEMP", "CIRRUS"))

@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 from numba import njit, prange
-from scipy import ndimage
+
+from .morphology import fill_holes
 
 CDI_NODATA = np.float32(-9999.0)
 _SIGMA = 0.5
@@ -321,7 +322,7 @@ def cloud_parallax(bits: np.ndarray, b7: np.ndarray, b8a: np.ndarray, gb8, vprob
     ngrown = int(np.count_nonzero(cloud))
     # texture-less cloud interiors have no parallax signal (both variances ~0): fill the
     # PCP holes enclosed by the grown clouds (l2ps addition, docs/deviations.d/clouds.md)
-    holes = ndimage.binary_fill_holes(cloud)
+    holes = fill_holes(cloud)
     holes &= ~cloud
     holes &= (bits & 2) != 0
     nfilled = int(np.count_nonzero(holes))
