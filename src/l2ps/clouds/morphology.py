@@ -470,29 +470,32 @@ def _find(parent, x):
     return x
 
 
-@njit(cache=True)
-def _components8(mask):  # pragma: no cover
+@njit(cache=True, inline="always")
+def _runs(mask, value):  # pragma: no cover
+    """The horizontal runs of pixels equal to ``value``: (rs, c0, c1, parent) with the runs
+    of row i at rs[i]..rs[i + 1] (raster order), c0/c1 their first column and one past
+    their last, parent[k] = k (union-find, a root is its component's first run)."""
     ny, nx = mask.shape
     nr = 0
     for i in range(ny):
         prev = False
         for j in range(nx):
-            v = mask[i, j]
+            v = mask[i, j] == value
             if v and not prev:
                 nr += 1
             prev = v
-    rs = np.empty(ny + 1, np.int64)         # runs of row i: rs[i]..rs[i + 1]
-    c0 = np.empty(nr, np.int32)             # first column of the run
-    c1 = np.empty(nr, np.int32)             # one past its last column
-    parent = np.empty(nr, np.int32)         # union-find; a root is its component's first run
+    rs = np.empty(ny + 1, np.int64)
+    c0 = np.empty(nr, np.int32)
+    c1 = np.empty(nr, np.int32)
+    parent = np.empty(nr, np.int32)
     k = 0
     for i in range(ny):
         rs[i] = k
         j = 0
         while j < nx:
-            if mask[i, j]:
+            if mask[i, j] == value:
                 s = j
-                while j < nx and mask[i, j]:
+                while j < nx and mask[i, j] == value:
                     j += 1
                 c0[k] = s
                 c1[k] = j
@@ -501,6 +504,14 @@ def _components8(mask):  # pragma: no cover
             else:
                 j += 1
     rs[ny] = k
+    return rs, c0, c1, parent
+
+
+@njit(cache=True)
+def _components8(mask):  # pragma: no cover
+    ny, nx = mask.shape
+    rs, c0, c1, parent = _runs(mask, True)
+    nr = c0.shape[0]
     for i in range(1, ny):
         a, ae = rs[i], rs[i + 1]
         b, be = rs[i - 1], rs[i]
@@ -567,34 +578,8 @@ def components8(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 @njit(cache=True, nogil=True)
 def _fill_holes(mask, out):  # pragma: no cover
     ny, nx = mask.shape
-    nr = 0
-    for i in range(ny):
-        prev = False
-        for j in range(nx):
-            v = not mask[i, j]
-            if v and not prev:
-                nr += 1
-            prev = v
-    rs = np.empty(ny + 1, np.int64)         # background runs of row i: rs[i]..rs[i + 1]
-    c0 = np.empty(nr, np.int32)
-    c1 = np.empty(nr, np.int32)
-    parent = np.empty(nr, np.int32)
-    k = 0
-    for i in range(ny):
-        rs[i] = k
-        j = 0
-        while j < nx:
-            if not mask[i, j]:
-                s = j
-                while j < nx and not mask[i, j]:
-                    j += 1
-                c0[k] = s
-                c1[k] = j
-                parent[k] = k
-                k += 1
-            else:
-                j += 1
-    rs[ny] = k
+    rs, c0, c1, parent = _runs(mask, False)      # the clear runs
+    nr = c0.shape[0]
     for i in range(1, ny):
         a, ae = rs[i], rs[i + 1]
         b, be = rs[i - 1], rs[i]

@@ -400,23 +400,29 @@ def _cubic16(typingctx, buf, f, bwid, cw, t):
     def codegen(context, builder, signature, args):
         bufv, fv, bwv, cwv, tv = args
         abuf = context.make_array(signature.args[0])(context, builder, bufv)
-        acw = context.make_array(signature.args[3])(context, builder, cwv)
-        v4 = ir.VectorType(ir.DoubleType(), 4)
-        i64 = ir.IntType(64)
-
-        def vload(ptr, idx):
-            p = builder.gep(ptr, [idx], inbounds=True)
-            return builder.load(builder.bitcast(p, v4.as_pointer()), align=8)
-        t8 = builder.mul(tv, ir.Constant(i64, 8))
-        W = vload(acw.data, t8)
-        WY = vload(acw.data, builder.add(t8, ir.Constant(i64, 4)))
+        W, WY = _cubic_weights(context, builder, signature.args[3], cwv, tv)
         rows = []
         idx = fv
         for p in range(4):
-            rows.append(vload(abuf.data, idx))
+            rows.append(_load4d(builder, abuf.data, idx))
             idx = builder.add(idx, bwv)
         return _cubic_rows(builder, W, WY, rows)
     return sig, codegen
+
+
+def _load4d(builder, ptr, idx):
+    """<4 x double> at ptr[idx] (unaligned)."""
+    p = builder.gep(ptr, [idx], inbounds=True)
+    return builder.load(builder.bitcast(p, ir.VectorType(ir.DoubleType(), 4).as_pointer()),
+                        align=8)
+
+
+def _cubic_weights(context, builder, sig_cw, cwv, tv):
+    """(cw[t, 0:4], cw[t, 4:8]) of the C-contiguous (n, 8) float64 array as <4 x double>."""
+    acw = context.make_array(sig_cw)(context, builder, cwv)
+    t8 = builder.mul(tv, ir.Constant(ir.IntType(64), 8))
+    return (_load4d(builder, acw.data, t8),
+            _load4d(builder, acw.data, builder.add(t8, ir.Constant(ir.IntType(64), 4))))
 
 
 def _int_rows(context, builder, sig_arr, arr, f, step):
@@ -469,18 +475,10 @@ def _cubic16i(typingctx, src, f, snx, cw, t, ndi):
 
     def codegen(context, builder, signature, args):
         srcv, fv, sv, cwv, tv, nv = args
-        acw = context.make_array(signature.args[3])(context, builder, cwv)
         v4 = ir.VectorType(ir.DoubleType(), 4)
-        i64 = ir.IntType(64)
-
-        def vload(ptr, idx):
-            p = builder.gep(ptr, [idx], inbounds=True)
-            return builder.load(builder.bitcast(p, v4.as_pointer()), align=8)
         irows = _int_rows(context, builder, signature.args[0], srcv, fv, sv)
         conv = builder.sitofp if signature.args[0].dtype.signed else builder.uitofp
-        t8 = builder.mul(tv, ir.Constant(i64, 8))
-        W = vload(acw.data, t8)
-        WY = vload(acw.data, builder.add(t8, ir.Constant(i64, 4)))
+        W, WY = _cubic_weights(context, builder, signature.args[3], cwv, tv)
         acc = _cubic_rows(builder, W, WY, [conv(r, v4) for r in irows])
         et = context.get_data_type(signature.args[0].dtype)
         nd = builder.trunc(nv, et) if et.width < nv.type.width else nv

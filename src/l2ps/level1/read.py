@@ -301,15 +301,16 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def tune_heap(mmap_threshold: int = 8 * 2**20, trim_threshold: int = 64 * 2**20) -> bool:
+def tune_heap(mmap_threshold: int = 8 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:
     """Keep freed heap memory for reuse within a stage (glibc ``mallopt``; a no-op
     elsewhere): blocks below ``mmap_threshold`` (GDAL's tiles and compression buffers,
     strips, per-thread work arrays) come from the heap instead of fresh ``mmap`` pages, and
     up to ``trim_threshold`` of free heap is kept instead of returned at every ``free``.
     Each page the kernel hands out again is zeroed first: on a Sentinel-2 tile this saves
-    ~1 CPU-s of page zeroing (sys time) for ~60 MB more at the peak (full chain: 3320 ->
-    3377 MiB; a trim threshold of 512 MB kept 3406). The stages still give everything free
-    back at their end (:func:`release_free_heap`). Returns True if set."""
+    ~1 CPU-s of page zeroing (sys time) for ~90 MB more at the full chain's peak (3320 ->
+    3406 MiB; a trim threshold of 64 MB: 3377 MiB, but ~1 s more sys time on a Landsat
+    scene). The stages still give everything free back at their end
+    (:func:`release_free_heap`). Returns True if set."""
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
