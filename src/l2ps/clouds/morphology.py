@@ -507,19 +507,17 @@ def _runs(mask, value):  # pragma: no cover
     return rs, c0, c1, parent
 
 
-@njit(cache=True)
-def _components8(mask):  # pragma: no cover
-    ny, nx = mask.shape
-    rs, c0, c1, parent = _runs(mask, True)
-    nr = c0.shape[0]
+@njit(cache=True, inline="always")
+def _join_rows(rs, c0, c1, parent, ny, reach):  # pragma: no cover
+    """Union-find of the runs of :func:`_runs` that touch a run of the row above: sharing a
+    column (``reach`` 0, 4-connected) or also diagonally (``reach`` 1, 8-connected)."""
     for i in range(1, ny):
         a, ae = rs[i], rs[i + 1]
         b, be = rs[i - 1], rs[i]
         while a < ae and b < be:
-            # run b (row above) touches run a 8-connected: b's columns meet [c0[a]-1, c1[a]]
-            if c1[b] < c0[a]:
+            if c1[b] + reach <= c0[a]:          # b ends before a's reach
                 b += 1
-            elif c0[b] > c1[a]:
+            elif c1[a] + reach <= c0[b]:        # a ends before b's reach
                 a += 1
             else:
                 ra = _find(parent, a)
@@ -528,10 +526,18 @@ def _components8(mask):  # pragma: no cover
                     parent[rb] = ra
                 elif rb < ra:
                     parent[ra] = rb
-                if c1[b] - 1 < c1[a]:
+                if c1[b] <= c1[a]:
                     b += 1
                 else:
                     a += 1
+
+
+@njit(cache=True)
+def _components8(mask):  # pragma: no cover
+    ny, nx = mask.shape
+    rs, c0, c1, parent = _runs(mask, True)
+    nr = c0.shape[0]
+    _join_rows(rs, c0, c1, parent, ny, 1)        # 8-connected
     # labels in run order = raster order of the first pixel; parent[x] <= x throughout, so
     # one ascending pass resolves every run (parent[k] < k is done when k is reached);
     # the label of run k is stored as -label in parent[k]
@@ -580,26 +586,7 @@ def _fill_holes(mask, out):  # pragma: no cover
     ny, nx = mask.shape
     rs, c0, c1, parent = _runs(mask, False)      # the clear runs
     nr = c0.shape[0]
-    for i in range(1, ny):
-        a, ae = rs[i], rs[i + 1]
-        b, be = rs[i - 1], rs[i]
-        while a < ae and b < be:
-            # 4-connected: the runs share a column
-            if c1[b] <= c0[a]:
-                b += 1
-            elif c1[a] <= c0[b]:
-                a += 1
-            else:
-                ra = _find(parent, a)
-                rb = _find(parent, b)
-                if ra < rb:
-                    parent[rb] = ra
-                elif rb < ra:
-                    parent[ra] = rb
-                if c1[b] < c1[a]:
-                    b += 1
-                else:
-                    a += 1
+    _join_rows(rs, c0, c1, parent, ny, 0)        # 4-connected
     outside = np.zeros(nr, np.bool_)
     for i in range(ny):
         for r in range(rs[i], rs[i + 1]):
