@@ -402,3 +402,32 @@ def test_read_in_strips_equals_whole_read(tmp_path):
         win = read_in_strips(ds, Window(13, 150, 400, 371), strip_bytes=1)
     assert whole.dtype == np.uint16 and (whole == truth).all()
     assert (win == truth[150:521, 13:413]).all()
+
+
+def test_read_dn_of_bands_on_their_own_mapping(tmp_path):
+    """Bands of ≥ 1 MiB are read into a private mapping (``band_array``): the same values
+    as rasterio's own read, whole and windowed, writable and independent of each other."""
+    import rasterio
+    from types import SimpleNamespace
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    from l2ps.level1.read import band_array
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 65535, (900, 1100), dtype=np.uint16)       # 1.9 MiB
+    path = tmp_path / "B4.TIF"
+    with rasterio.open(path, "w", driver="GTiff", width=1100, height=900, count=1,
+                       dtype="uint16", crs="EPSG:32632",
+                       transform=from_origin(600000, 5800000, 30, 30)) as ds:
+        ds.write(truth, 1)
+    band = SimpleNamespace(path=path, grid=SimpleNamespace(nx=1100, ny=900))
+    l1 = SimpleNamespace(bands={"RED": band}, source=path, sensor="LND08")
+    whole = L.read_dn(l1, "RED")
+    part = L.read_dn(l1, "RED", window=Window(17, 300, 1001, 550))
+    assert whole.dtype == np.uint16 and whole.flags.c_contiguous and whole.flags.writeable
+    assert not whole.flags.owndata                      # on the mapping, not numpy's heap
+    np.testing.assert_array_equal(whole, truth)
+    np.testing.assert_array_equal(part, truth[300:850, 17:1018])
+    whole[:] = 7                                        # private: the other read keeps its
+    np.testing.assert_array_equal(part, truth[300:850, 17:1018])
+    small = band_array((10, 10), np.uint8)
+    assert small.shape == (10, 10) and small.flags.owndata
