@@ -44,11 +44,13 @@ int16 block for the six merged bands), STARFM adds two float32 arrays at 20 m.
 
 IMPROPHE runs on blocks of 32 rows (± the kernel radius) copied into small int16 buffers
 per thread and, within a row, on strips of 512 columns with one simple loop per kernel
-offset (similarity sums, class limit, min/max, weights from a table of the exact sigmoid
-values, weighted means in kernel order), which the compiler vectorises; per pixel it does
-the same float64 operations in the same order as the per-neighbour definition, so the
-int16 result is the same to the bit (full 10980² tile: 32 → ~5 CPU-s, benchmarks/
-bench_resmerge.py). It needs no 20 m validity array (the 20 m values are checked per block).
+offset (similarity sums, class limit, min/max, the index into a table of the exact
+sigmoid values, weighted means in kernel order), which the compiler vectorises; the table
+lookups (scalar loads: no gather instruction before AVX2) have a loop of their own, so
+that they do not keep the index arithmetic from being vectorised. Per pixel it does the
+same float64 operations in the same order as the per-neighbour definition, so the int16
+result is the same to the bit (full 10980² tile: 32 → ~3 CPU-s; one core, 4096²: 38 →
+26 ns per pixel with the lookups apart; benchmarks/bench_resmerge.py). It needs no 20 m validity array (the 20 m values are checked per block).
 """
 from __future__ import annotations
 
@@ -224,6 +226,7 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
                 ok[li, j + rad] = 1 if use else 0
         ss = np.empty((nk, strip), np.int32)
         ww = np.empty((nk, strip), np.float64)
+        xx = np.empty((nk, strip), np.int32)
         acc = np.empty((nb, strip), np.float64)
         wsum = np.empty(strip, np.float64)
         lim = np.empty(strip, np.int32)
@@ -282,17 +285,23 @@ def _improphe(g, r, n, qai, coarse, rmap, cmap, off_i, off_j, thr, mink, wtab,
                         inside = s > 0 and s < lm[q]
                         lw[q] = min(lw[q], s) if inside else lw[q]
                         hg[q] = max(hg[q], s) if inside else hg[q]
-                # weights (table index: 0 outside the class, 1 for weight 1)
+                # weights: the table index (0 outside the class, 1 for weight 1) in one
+                # loop the compiler vectorises, the table lookups in another
                 for k in range(nk):
                     sk = ss[k, :m]
-                    wk = ww[k, :m]
+                    xk = xx[k, :m]
                     for q in range(m):
                         s = sk[q]
-                        d = np.int64(hg[q]) - lw[q]
-                        x = 2 + d * (d + 1) // 2 + s - lw[q]
+                        d = hg[q] - lw[q]
+                        x = 2 + ((d * (d + 1)) >> 1) + s - lw[q]
                         x = 1 if (s == 0 or d <= 0) else x
                         x = 0 if s >= lm[q] else x
-                        wk[q] = wtab[x]
+                        xk[q] = x
+                for k in range(nk):
+                    xk = xx[k, :m]
+                    wk = ww[k, :m]
+                    for q in range(m):
+                        wk[q] = wtab[xk[q]]
                 # weighted means of the replicated 20 m values, in kernel order
                 for q in range(m):
                     wsum[q] = 0.0
