@@ -405,13 +405,13 @@ def test_read_in_strips_equals_whole_read(tmp_path):
 
 
 def test_read_dn_of_bands_on_their_own_mapping(tmp_path):
-    """Bands of ≥ 1 MiB are read into a private mapping (``band_array``): the same values
+    """Bands of ≥ 1 MiB are read into a private mapping (``lasting_zeros``): the same values
     as rasterio's own read, whole and windowed, writable and independent of each other."""
     import rasterio
     from types import SimpleNamespace
     from rasterio.transform import from_origin
     from rasterio.windows import Window
-    from l2ps.level1.read import band_array
+    from l2ps.memory import lasting_zeros
     rng = np.random.default_rng(3)
     truth = rng.integers(0, 65535, (900, 1100), dtype=np.uint16)       # 1.9 MiB
     path = tmp_path / "B4.TIF"
@@ -429,5 +429,7 @@ def test_read_dn_of_bands_on_their_own_mapping(tmp_path):
     np.testing.assert_array_equal(part, truth[300:850, 17:1018])
     whole[:] = 7                                        # private: the other read keeps its
     np.testing.assert_array_equal(part, truth[300:850, 17:1018])
-    small = band_array((10, 10), np.uint8)
-    assert small.shape == (10, 10) and small.flags.owndata
+    small = lasting_zeros((10, 10), np.uint8)
+    assert small.shape == (10, 10) and small.flags.owndata and not small.any()
+    big = lasting_zeros((3, 700, 500), np.int16)
+    assert big.shape == (3, 700, 500) and not big.flags.owndata and not big.any()

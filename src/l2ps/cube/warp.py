@@ -52,6 +52,7 @@ from numba.extending import intrinsic
 
 from .. import qai as qai_mod
 from ..errors import GridError
+from ..memory import lasting_zeros
 from ..grid import Grid
 from ..products import Product
 
@@ -1099,7 +1100,9 @@ def _warp_band(band: np.ndarray, src: Grid, dst: Grid, resampling: Resampling, n
     The thread count is numba's (results do not depend on it)."""
     if mesh is None:
         mesh = source_mesh(src, dst)
-    return resample_bands([band], mesh, _KIND[resampling], nodata, 0, 0, dst.ny, dst.nx)[0]
+    out = lasting_zeros((1, dst.ny, dst.nx), band.dtype)     # kept: plain pages
+    return resample_bands([band], mesh, _KIND[resampling], nodata, 0, 0, dst.ny, dst.nx,
+                          out=out, bands=[0])[0]
 
 
 def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
@@ -1127,7 +1130,8 @@ def warp_product(product: Product, target: Grid, *, num_threads: int = 1,
             band = band.rows(0, band.shape[0])
         off = integer_offset(g, target)
         if off is not None:
-            b = np.full(target.shape, nodata, dtype=band.dtype)
+            b = lasting_zeros(target.shape, band.dtype)
+            b[...] = nodata
             paste(band, off[0], off[1], b)
         else:
             if g not in meshes:

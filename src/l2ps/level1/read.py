@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import rasterio
 from rasterio.windows import Window
 
 from ..errors import Level1Error
+from ..memory import lasting_zeros
 from ..grid import Grid
 from . import archive
 from .landsat import gdal_message, read_landsat
@@ -207,22 +207,6 @@ def _is_jp2(path: Path) -> bool:
     return str(path).lower().endswith((".jp2", ".j2k"))
 
 
-def band_array(shape: tuple[int, int], dtype) -> np.ndarray:
-    """An uninitialised array for a decoded band, on its own private anonymous mapping of
-    normal (4 KiB) pages: numpy asks for transparent huge pages for large arrays, and on a
-    virtual machine whose host reclaims the guest's free memory (free page reporting) a
-    huge page touched for the first time costs ~1–2 s per GB of system time instead of
-    ~0.3 s (measured here: reading a Sentinel-2 tile's 13 bands, 3.7 → 1.8 CPU-s of sys).
-    The bands are written once and live for the whole job, so huge pages buy them
-    nothing. Freed with the array."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
-    if n < 2**20 or not hasattr(mmap, "MAP_ANONYMOUS"):
-        return np.empty(shape, dtype)
-    buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(buf, dtype).reshape(shape)
-
-
 def read_in_strips(ds, window: Window | None = None,
                    strip_bytes: int = JP2_STRIP_BYTES) -> np.ndarray:
     """Band 1 of an open dataset (``window`` or all), read in strips of whole block rows
@@ -237,7 +221,7 @@ def read_in_strips(ds, window: Window | None = None,
         c0, r0 = int(window.col_off), int(window.row_off)
         w, h = int(window.width), int(window.height)
     bh, bw = ds.block_shapes[0]
-    out = band_array((h, w), ds.dtypes[0])
+    out = lasting_zeros((h, w), ds.dtypes[0])
     n_blk_x = (c0 + w - 1) // bw - c0 // bw + 1
     row_bytes = n_blk_x * bw * bh * out.itemsize
     k = max(1, int(strip_bytes) // max(row_bytes, 1))
@@ -284,7 +268,7 @@ def read_dn(level1: Level1, domain: str, window: Window | Grid | None = None,
                     data = read_in_strips(ds, window)
                 else:
                     w = window if window is not None else Window(0, 0, ds.width, ds.height)
-                    data = band_array((int(w.height), int(w.width)), ds.dtypes[0])
+                    data = lasting_zeros((int(w.height), int(w.width)), ds.dtypes[0])
                     ds.read(1, window=window, out=data)
     except Level1Error:
         raise
