@@ -427,7 +427,7 @@ def test_read_dn_of_bands_on_their_own_mapping(tmp_path):
     assert not whole.flags.owndata                      # on the mapping, not numpy's heap
     np.testing.assert_array_equal(whole, truth)
     np.testing.assert_array_equal(part, truth[300:850, 17:1018])
-    whole[:] = 7                                        # private: the other read keeps its
+    whole[:] = 7                            # private mappings: the other read is unchanged
     np.testing.assert_array_equal(part, truth[300:850, 17:1018])
     small = lasting_zeros((10, 10), np.uint8)
     assert small.shape == (10, 10) and small.flags.owndata and not small.any()

@@ -1,5 +1,6 @@
-"""Arrays that are written once and kept for a whole stage or job (decoded bands, the QAI,
-warped products) on their own private anonymous mappings of normal 4 KiB pages.
+"""Arrays that are written once and kept for a whole stage or job (the decoded bands, the
+targets of eager warps such as the cube's QAI) on their own private anonymous mappings of
+normal 4 KiB pages.
 
 numpy asks the kernel for transparent huge pages (``madvise``) for every large array.
 That pays for short-lived temporaries that reuse recently freed memory, but a huge page

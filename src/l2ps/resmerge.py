@@ -50,7 +50,8 @@ lookups (scalar loads: no gather instruction before AVX2) have a loop of their o
 that they do not keep the index arithmetic from being vectorised. Per pixel it does the
 same float64 operations in the same order as the per-neighbour definition, so the int16
 result is the same to the bit (full 10980² tile: 32 → ~3 CPU-s; one core, 4096²: 38 →
-26 ns per pixel with the lookups apart; benchmarks/bench_resmerge.py). It needs no 20 m validity array (the 20 m values are checked per block).
+26 ns per pixel with the lookups apart; benchmarks/bench_resmerge.py). It needs no 20 m
+validity array (the 20 m values are checked per block).
 """
 from __future__ import annotations
 

@@ -52,8 +52,8 @@ from numba.extending import intrinsic
 
 from .. import qai as qai_mod
 from ..errors import GridError
-from ..memory import lasting_zeros
 from ..grid import Grid
+from ..memory import lasting_zeros
 from ..products import Product
 
 #: largest source bytes warped in one pass (FORCE's max_mem)

@@ -22,8 +22,8 @@ import rasterio
 from rasterio.windows import Window
 
 from ..errors import Level1Error
-from ..memory import lasting_zeros
 from ..grid import Grid
+from ..memory import lasting_zeros
 from . import archive
 from .landsat import gdal_message, read_landsat
 from .model import Band, Level1
