@@ -352,7 +352,7 @@ def run_job(image: str | os.PathLike, parameter_file: str | os.PathLike, *,
         if perr is not None:
             raise perr
         _set_threads(params.nthread)
-        from .level1.read import tune_heap
+        from .memory import tune_heap
         tune_heap()             # freed heap reused within a stage (pages not re-zeroed)
         for d in sweep_temp(params.dir_temp):
             out.write(f"removed the temporary folder of a killed job: {d}")

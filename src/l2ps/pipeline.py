@@ -45,12 +45,22 @@ class StageTimer:
         try:
             yield
         finally:
-            from .level1.read import release_free_heap
+            from .memory import release_free_heap
             release_free_heap()
             st = self.stages.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0})
             st["seconds"] = round(st["seconds"] + time.perf_counter() - t0, 3)
             st["cpu_seconds"] = round(st["cpu_seconds"] + time.process_time() - c0, 3)
             st["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    def substages(self, stage: str, seconds: dict | None, cpu: dict | None = None) -> None:
+        """Record a stage's own sub-stage timings as "<stage>.<name>": wall ``seconds`` and,
+        where given, ``cpu`` seconds (numeric values only)."""
+        cpu = cpu or {}
+        for name, s in (seconds or {}).items():
+            if isinstance(s, (int, float)):
+                entry = self.stages[f"{stage}.{name}"] = {"seconds": round(float(s), 3)}
+                if isinstance(cpu.get(name), (int, float)):
+                    entry["cpu_seconds"] = round(float(cpu[name]), 3)
 
 
 def process_image(source: Path, params: Parameters, *, log: Callable[[str], None] = print) -> dict:
@@ -148,11 +158,7 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
         # bands only a later stage reads wait on disk while the cloud stage has its peak
         with _parked(scene, CLOUD_STAGE_PARKED.get(level1.mission, ()), params.dir_temp):
             clouds = detect_clouds(scene, params, release_bands=True)
-    cloud_cpu = clouds.stats.get("cpu_timings") or {}
-    for name, seconds in (clouds.stats.get("timings") or {}).items():
-        entry = timer.stages.setdefault(f"clouds.{name}", {"seconds": round(float(seconds), 3)})
-        if isinstance(cloud_cpu.get(name), (int, float)):
-            entry.setdefault("cpu_seconds", round(float(cloud_cpu[name]), 3))
+    timer.substages("clouds", clouds.stats.get("timings"), clouds.stats.get("cpu_timings"))
     scene.extra.pop("cloud_objects", None)     # diagnostics only; a full-size int32 array
     # thermal and cirrus bands serve the cloud detection only (internal, spec 01 §8)
     _drop_bands(scene, ("TEMP", "CIRRUS"))
@@ -228,12 +234,8 @@ def _process_level1(level1: Level1, params: Parameters, timer: StageTimer,
                             refsys_id=level1.refsys_id, acquired=level1.acquired,
                             param_log=format_force_param(params), num_threads=nthreads,
                             consume=True)
-    cube_cpu = getattr(result, "cpu_timings", None) or {}
-    for name, seconds in (getattr(result, "timings", None) or {}).items():
-        if isinstance(seconds, (int, float)):
-            timer.stages[f"cube.{name}"] = {"seconds": round(float(seconds), 3)}
-            if isinstance(cube_cpu.get(name), (int, float)):
-                timer.stages[f"cube.{name}"]["cpu_seconds"] = round(float(cube_cpu[name]), 3)
+    timer.substages("cube", getattr(result, "timings", None),
+                    getattr(result, "cpu_timings", None))
     if merged_rows is not None:
         # the merge ran inside the cube stage (its worker thread): seconds computing rows
         record["res_merge"]["pixels_merged"] = merged_rows.count_merged()

@@ -16,7 +16,7 @@ from numba import njit, prange
 from scipy import ndimage
 
 from ..grid import Grid
-from ..level1.read import release_free_heap
+from ..memory import release_free_heap
 from ..scene import Scene, nearest_index, resample_nearest
 from . import potential as P
 from .finalize import GridMap, bin_centre_elevation_km, cirrus_candidates, finalize, radius_px

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from ..errors import Level1Error
 from ..grid import Grid
-from ..memory import lasting_zeros
+from ..memory import lasting_zeros, release_free_heap
 from . import archive
 from .landsat import gdal_message, read_landsat
 from .model import Band, Level1
@@ -297,40 +297,3 @@ def read_bands(level1: Level1, domains: Iterable[str] | None = None,
             out = {d: futs[d].result() for d in domains}
     release_free_heap()
     return out
-
-
-#: glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def tune_heap(mmap_threshold: int = 8 * 2**20, trim_threshold: int = 512 * 2**20) -> bool:
-    """Keep freed heap memory for reuse within a stage (glibc ``mallopt``; a no-op
-    elsewhere): blocks below ``mmap_threshold`` (GDAL's tiles and compression buffers,
-    strips, per-thread work arrays) come from the heap instead of fresh ``mmap`` pages, and
-    up to ``trim_threshold`` of free heap is kept instead of returned at every ``free``.
-    Each page the kernel hands out again is zeroed first: on a Sentinel-2 tile this saves
-    ~1 CPU-s of page zeroing (sys time) for ~90 MB more at the full chain's peak (3320 ->
-    3406 MiB; a trim threshold of 64 MB: 3377 MiB, but ~1 s more sys time on a Landsat
-    scene). The stages still give everything free back at their end
-    (:func:`release_free_heap`). Returns True if set."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) and
-                    libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
-    except (OSError, AttributeError):
-        return False
-
-
-def release_free_heap() -> None:
-    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-
-    GDAL's decoded JPEG 2000 tiles (a few MB each) live on the C heap; freed, they stay
-    in the process's resident set (tens to ~100 MB after a Sentinel-2 tile) unless
-    trimmed."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
